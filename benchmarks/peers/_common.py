@@ -1,0 +1,84 @@
+"""What the Python peers share: the port argument, the wshub-shaped JSON messages, a quiet exit.
+
+Each peer is a small server speaking the same messages as wshub (shared/PROTOCOL.md): `welcome` on
+connect, `subscribe` -> `subscribed`, `publish` -> `message` to every subscriber of the channel
+plus `published` to the publisher, `ping` -> `pong`. They ignore authentication, history and
+rate limits: they are the yardstick, not a product.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import orjson
+
+__all__ = ["message_frame", "pong", "port_from_argv", "quiet_sigterm", "reply", "welcome"]
+
+_ids = itertools.count(1)
+
+
+def port_from_argv() -> int:
+    """Port from argv[1], else $PORT, else 8000."""
+    if len(sys.argv) > 1:
+        return int(sys.argv[1])
+    return int(os.environ.get("PORT", "8000"))
+
+
+def quiet_sigterm() -> None:
+    """Exit at once and silently on SIGTERM (the runner stops servers that way), and mute the
+    per-write warnings transports log when the load generator hangs up mid-stream."""
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    for name in ("asyncio", "aiofastnet", "picows", "engineio", "socketio"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _ms() -> int:
+    return int(time.time() * 1000)
+
+
+def welcome() -> bytes:
+    return orjson.dumps(
+        {
+            "type": "welcome",
+            "payload": {
+                "connectionId": f"c{next(_ids)}",
+                "userId": None,
+                "heartbeatInterval": 30000,
+                "serverTime": _ms(),
+                "protocol": 1,
+            },
+        }
+    )
+
+
+def reply(type_: str, payload: dict[str, Any], msg_id: Any = None) -> bytes:
+    env: dict[str, Any] = {"type": type_, "payload": payload}
+    if msg_id is not None:
+        env["id"] = msg_id
+    return orjson.dumps(env)
+
+
+def message_frame(channel: str, data: Any, offset: int) -> bytes:
+    """The `message` every subscriber gets, encoded once per publication."""
+    return orjson.dumps(
+        {
+            "type": "message",
+            "payload": {
+                "channel": channel,
+                "data": data,
+                "offset": offset,
+                "timestamp": _ms(),
+                "from": None,
+            },
+        }
+    )
+
+
+def pong() -> bytes:
+    return orjson.dumps({"type": "pong", "payload": {"timestamp": _ms()}})

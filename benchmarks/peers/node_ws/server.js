@@ -1,0 +1,68 @@
+'use strict';
+// Peer: Node's `ws` package, `client.send()` once per subscriber (the message encoded once).
+//   node server.js PORT
+const { WebSocketServer } = require('ws');
+
+const port = Number(process.argv[2] || process.env.PORT || 8000);
+const channels = new Map(); // channel -> Set of sockets
+const offsets = new Map();
+let nextId = 1;
+
+const reply = (type, payload, id) =>
+  JSON.stringify(id === undefined ? { type, payload } : { type, payload, id });
+
+const wss = new WebSocketServer({ host: '127.0.0.1', port, backlog: 4096, perMessageDeflate: false });
+
+wss.on('connection', (ws) => {
+  const joined = new Set();
+  ws.send(reply('welcome', {
+    connectionId: `c${nextId++}`, userId: null, heartbeatInterval: 30000,
+    serverTime: Date.now(), protocol: 1,
+  }));
+  ws.on('message', (raw, isBinary) => {
+    if (isBinary) return;
+    let msg;
+    try { msg = JSON.parse(raw); } catch { ws.send(reply('error', { code: 'invalid_json', message: 'bad' })); return; }
+    const payload = msg.payload || {};
+    const id = msg.id;
+    switch (msg.type) {
+      case 'publish': {
+        const ch = payload.channel;
+        const offset = (offsets.get(ch) || 0) + 1;
+        offsets.set(ch, offset);
+        const out = JSON.stringify({ type: 'message', payload: {
+          channel: ch, data: payload.data, offset, timestamp: Date.now(), from: null } });
+        const subs = channels.get(ch);
+        if (subs) for (const s of subs) s.send(out);
+        ws.send(reply('published', { channel: ch, offset }, id));
+        break;
+      }
+      case 'ping':
+        ws.send(reply('pong', { timestamp: Date.now() }));
+        break;
+      case 'subscribe': {
+        const ch = payload.channel;
+        if (!channels.has(ch)) channels.set(ch, new Set());
+        channels.get(ch).add(ws);
+        joined.add(ch);
+        ws.send(reply('subscribed', { channel: ch, offset: offsets.get(ch) || 0, epoch: 'bench' }, id));
+        break;
+      }
+      case 'unsubscribe': {
+        const ch = payload.channel;
+        if (channels.has(ch)) channels.get(ch).delete(ws);
+        joined.delete(ch);
+        ws.send(reply('unsubscribed', { channel: ch }, id));
+        break;
+      }
+      default:
+        ws.send(reply('error', { code: 'unknown_type', message: `Unknown message type: ${msg.type}` }, id));
+    }
+  });
+  ws.on('close', () => {
+    for (const ch of joined) { const s = channels.get(ch); if (s) s.delete(ws); }
+  });
+  ws.on('error', () => {});
+});
+
+process.on('SIGTERM', () => process.exit(0));

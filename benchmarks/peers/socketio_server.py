@@ -1,0 +1,76 @@
+"""Peer: python-socketio (ASGI) under uvicorn; the same messages as Socket.IO events.
+
+Events: `welcome` on connect, `subscribe` -> `subscribed` (joins a room), `publish` ->
+`message` to the room + `published` to the sender, `ping` -> `pong`. Load it with
+`loadgen --sio` (engine.io v4 over the WebSocket transport, no long-polling).
+
+    python socketio_server.py PORT
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Any
+
+import socketio
+import uvicorn
+from _common import port_from_argv, quiet_sigterm
+
+sio = socketio.AsyncServer(async_mode="asgi", cors_allowed_origins="*", transports=["websocket"])
+app = socketio.ASGIApp(sio, socketio_path="socket.io")
+offsets: dict[str, int] = {}
+_ids = itertools.count(1)
+
+
+def _ms() -> int:
+    return int(time.time() * 1000)
+
+
+@sio.event
+async def connect(sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+    welcome = {
+        "connectionId": f"c{next(_ids)}",
+        "userId": None,
+        "heartbeatInterval": 25000,
+        "serverTime": _ms(),
+        "protocol": 1,
+    }
+    await sio.emit("welcome", welcome, to=sid)
+
+
+@sio.event
+async def subscribe(sid: str, payload: dict[str, Any]) -> None:
+    ch = payload["channel"]
+    await sio.enter_room(sid, ch)
+    await sio.emit("subscribed", {"channel": ch, "offset": offsets.get(ch, 0), "epoch": "bench"}, to=sid)
+
+
+@sio.event
+async def publish(sid: str, payload: dict[str, Any]) -> None:
+    ch = payload["channel"]
+    offset = offsets.get(ch, 0) + 1
+    offsets[ch] = offset
+    msg = {"channel": ch, "data": payload.get("data"), "offset": offset, "timestamp": _ms(), "from": None}
+    await sio.emit("message", msg, room=ch)
+    await sio.emit("published", {"channel": ch, "offset": offset}, to=sid)
+
+
+@sio.event
+async def ping(sid: str, *_args: Any) -> None:
+    await sio.emit("pong", {"timestamp": _ms()}, to=sid)
+
+
+if __name__ == "__main__":
+    quiet_sigterm()
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=port_from_argv(),
+        loop="uvloop",
+        http="httptools",
+        ws="websockets-sansio",
+        log_level="warning",
+        access_log=False,
+        backlog=4096,
+    )

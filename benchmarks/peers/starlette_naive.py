@@ -1,0 +1,88 @@
+"""Peer: a naive Starlette WebSocket endpoint under uvicorn.
+
+The publisher's handler does `await websocket.send_text()` for each subscriber in turn (the
+common first implementation). uvicorn runs with loop=uvloop, http=httptools and
+ws=websockets-sansio (what ws=auto picks in uvicorn 0.54 when `websockets` is installed).
+
+    python starlette_naive.py PORT
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import uvicorn
+from _common import message_frame, pong, port_from_argv, quiet_sigterm, reply, welcome
+from starlette.applications import Starlette
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+channels: dict[str, dict[WebSocket, None]] = {}
+offsets: dict[str, int] = {}
+
+
+async def endpoint(ws: WebSocket) -> None:
+    await ws.accept()
+    await ws.send_text(welcome().decode())
+    joined: set[str] = set()
+    try:
+        while True:
+            text = await ws.receive_text()
+            try:
+                msg: Any = orjson.loads(text)
+                kind = msg["type"]
+                payload = msg.get("payload") or {}
+            except Exception:
+                await ws.send_text(reply("error", {"code": "invalid_json", "message": "bad"}).decode())
+                continue
+            mid = msg.get("id")
+            if kind == "publish":
+                ch = payload["channel"]
+                offset = offsets.get(ch, 0) + 1
+                offsets[ch] = offset
+                out = message_frame(ch, payload.get("data"), offset).decode()
+                for sub in list(channels.get(ch, ())):
+                    try:
+                        await sub.send_text(out)
+                    except Exception:
+                        channels.get(ch, {}).pop(sub, None)
+                await ws.send_text(reply("published", {"channel": ch, "offset": offset}, mid).decode())
+            elif kind == "ping":
+                await ws.send_text(pong().decode())
+            elif kind == "subscribe":
+                ch = payload["channel"]
+                channels.setdefault(ch, {})[ws] = None
+                joined.add(ch)
+                body = {"channel": ch, "offset": offsets.get(ch, 0), "epoch": "bench"}
+                await ws.send_text(reply("subscribed", body, mid).decode())
+            elif kind == "unsubscribe":
+                ch = payload["channel"]
+                channels.get(ch, {}).pop(ws, None)
+                joined.discard(ch)
+                await ws.send_text(reply("unsubscribed", {"channel": ch}, mid).decode())
+            else:
+                err = {"code": "unknown_type", "message": f"Unknown message type: {kind}"}
+                await ws.send_text(reply("error", err, mid).decode())
+    except WebSocketDisconnect:
+        pass
+    finally:
+        for ch in joined:
+            channels.get(ch, {}).pop(ws, None)
+
+
+app = Starlette(routes=[WebSocketRoute("/ws", endpoint)])
+
+if __name__ == "__main__":
+    quiet_sigterm()
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=port_from_argv(),
+        loop="uvloop",
+        http="httptools",
+        ws="websockets-sansio",
+        log_level="warning",
+        access_log=False,
+        backlog=4096,
+    )

@@ -1,0 +1,195 @@
+"""The hub's WebSocket endpoint as a plain ASGI app: mount it in any ASGI framework.
+
+::
+
+    app.add_websocket_route("/ws", WebSocketApp(hub))     # Starlette / FastAPI
+    app.mount("/ws", WebSocketApp(hub))                   # or as a sub-app
+
+Each connection gets a bounded :class:`~wshub.core.outbox.Outbox` and a writer task that does the
+awaiting, so the hub's fan-out never waits on a client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+from urllib.parse import parse_qs
+
+import orjson
+
+from .core.hub import Hub
+from .core.outbox import Outbox
+from .errors import AuthFailed
+from .protocol import CloseCode, Frame
+from .types import Principal
+
+__all__ = ["ASGIConnection", "WebSocketApp"]
+
+logger = logging.getLogger("wshub.asgi")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class ASGIConnection:
+    """:class:`~wshub.interfaces.Connection` over an ASGI ``send`` callable."""
+
+    __slots__ = ("_close", "_send", "outbox")
+
+    def __init__(self, send: Send, *, max_bytes: int, max_frames: int) -> None:
+        self._send = send
+        self.outbox = Outbox(max_bytes=max_bytes, max_frames=max_frames)
+        self._close: tuple[int, str] | None = None
+
+    def send(self, frame: Frame) -> bool:
+        return self.outbox.put(frame)
+
+    def close(self, code: int = 1000, reason: str = "", *, drain: bool = True) -> None:
+        if self._close is None:
+            self._close = (code, reason)
+        self.outbox.close(drop=not drain)
+
+    def abort(self) -> None:
+        """The client is gone: drop whatever is queued and stop the writer without a close."""
+        self._close = None
+        self.outbox.close(drop=True)
+
+    async def run_writer(self) -> None:
+        """Write queued frames in order until closed; then send the close frame if one is due."""
+        send = self._send
+        try:
+            while True:
+                frames = await self.outbox.take()
+                if not frames:
+                    break
+                for frame in frames:
+                    await send({"type": "websocket.send", "text": frame.text})
+            if self._close is not None:
+                code, reason = self._close
+                await send({"type": "websocket.close", "code": code, "reason": reason})
+        except Exception as exc:  # the client went away mid-write: nothing left to do
+            logger.debug("writer stopped: %r", exc)
+
+
+class WebSocketApp:
+    """ASGI application for the hub's endpoint. Plain HTTP requests get 426 Upgrade Required."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await _http_response(send, 426, {"error": "Upgrade Required: connect with WebSocket"})
+            return
+        if scope["type"] != "websocket":
+            return
+        message = await receive()
+        if message["type"] != "websocket.connect":
+            return
+        hub = self.hub
+        settings = hub.settings
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+
+        if not hub.accepting:
+            await _deny(scope, send, 503, "server is shutting down")
+            return
+        origins = settings.allowed_origins
+        if origins and headers.get("origin") not in origins and "*" not in origins:
+            await _deny(scope, send, 403, "origin not allowed")
+            return
+        principal: Principal | None = None
+        token = _handshake_token(scope, headers)
+        if token:
+            try:
+                principal = await hub.verify_token(token)
+            except AuthFailed as exc:
+                await _deny(scope, send, 401, exc.message)
+                return
+
+        await send({"type": "websocket.accept"})
+        conn = ASGIConnection(
+            send, max_bytes=settings.outbox_max_bytes, max_frames=settings.outbox_max_messages
+        )
+        client = scope.get("client")
+        session = hub.open_session(
+            conn, remote=f"{client[0]}:{client[1]}" if client else None, headers=headers
+        )
+        writer = asyncio.create_task(conn.run_writer())
+        max_size = settings.max_message_size
+        try:
+            await hub.start_session(session, principal)
+            while True:
+                message = await receive()
+                kind = message["type"]
+                if kind == "websocket.receive":
+                    text = message.get("text")
+                    if text is None:
+                        if len(message.get("bytes") or b"") > max_size:
+                            session.close(CloseCode.MESSAGE_TOO_BIG, "message too big", drain=False)
+                            break
+                        session.receive_binary()
+                        continue
+                    # A str of n characters is n to 4n UTF-8 bytes: encode only when in doubt.
+                    if len(text) > max_size or (
+                        len(text) * 4 > max_size and len(text.encode()) > max_size
+                    ):
+                        session.close(CloseCode.MESSAGE_TOO_BIG, "message too big", drain=False)
+                        break
+                    await session.receive(text)
+                elif kind == "websocket.disconnect":
+                    conn.abort()
+                    break
+        finally:
+            hub.close_session(session)
+            if conn._close is None:
+                conn.abort()
+            try:
+                await asyncio.wait_for(writer, settings.shutdown_timeout / 1000 + 1)
+            except (TimeoutError, asyncio.CancelledError):
+                writer.cancel()
+
+
+def _handshake_token(scope: Scope, headers: dict[str, str]) -> str | None:
+    auth = headers.get("authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip() or None
+    query = scope.get("query_string", b"")
+    if query:
+        values = parse_qs(query.decode("latin-1")).get("token")
+        if values:
+            return values[0]
+    return None
+
+
+async def _deny(scope: Scope, send: Send, status: int, message: str) -> None:
+    """Refuse the handshake with an HTTP status (falls back to 403 without the ASGI extension)."""
+    if "websocket.http.response" in scope.get("extensions", {}):
+        body = orjson.dumps({"error": message})
+        await send(
+            {
+                "type": "websocket.http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
+        await send({"type": "websocket.http.response.body", "body": body})
+    else:
+        await send({"type": "websocket.close", "code": CloseCode.POLICY_VIOLATION})
+
+
+async def _http_response(send: Send, status: int, body: dict[str, Any]) -> None:
+    data = orjson.dumps(body)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"upgrade", b"websocket")],
+        }
+    )
+    await send({"type": "http.response.body", "body": data})
+
+

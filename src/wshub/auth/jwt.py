@@ -1,0 +1,95 @@
+"""JWT verification with PyJWT: explicit algorithms, ``exp``/``nbf`` with leeway, optional
+``aud``/``iss``. The user id is the ``sub`` claim; ``channels`` lists granted private channels."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import jwt
+
+from ..errors import AuthFailed, ConfigError
+from ..types import Principal, UserId
+
+__all__ = ["JWTAuthenticator", "issue_token"]
+
+_HMAC = {"HS256", "HS384", "HS512"}
+
+
+class JWTAuthenticator:
+    """Verifies tokens signed with a shared secret (HS*) or a public key (RS*/ES*/EdDSA).
+
+    Only the algorithms listed are accepted, so ``alg: none`` and algorithm confusion (an HS256
+    token "signed" with a public key) are refused.
+    """
+
+    def __init__(
+        self,
+        *,
+        secret: str | None = None,
+        public_key: str | None = None,
+        algorithms: Sequence[str] = ("HS256",),
+        audience: str | None = None,
+        issuer: str | None = None,
+        leeway: float = 30.0,
+    ) -> None:
+        algorithms = list(algorithms)
+        hmac = [a for a in algorithms if a in _HMAC]
+        asym = [a for a in algorithms if a not in _HMAC]
+        if hmac and asym:
+            raise ConfigError("WS_JWT_ALGORITHMS: do not mix HMAC (HS*) and public-key algorithms")
+        if hmac and not secret:
+            raise ConfigError("WS_JWT_SECRET is required for HS* algorithms")
+        if asym and not public_key:
+            raise ConfigError("WS_JWT_PUBLIC_KEY_FILE is required for public-key algorithms")
+        self._key: Any = secret if hmac else public_key
+        self._algorithms = algorithms
+        self._audience = audience
+        self._issuer = issuer
+        self._leeway = leeway
+
+    async def authenticate(self, token: str) -> Principal:
+        try:
+            claims = jwt.decode(
+                token,
+                self._key,
+                algorithms=self._algorithms,
+                audience=self._audience,
+                issuer=self._issuer,
+                leeway=self._leeway,
+                options={"require": ["sub"], "verify_aud": self._audience is not None},
+            )
+        except jwt.ExpiredSignatureError:
+            raise AuthFailed("Token expired") from None
+        except jwt.ImmatureSignatureError:
+            raise AuthFailed("Token not valid yet") from None
+        except jwt.InvalidTokenError as exc:
+            raise AuthFailed(f"Invalid token: {exc}") from None
+        sub = claims.get("sub")
+        if not isinstance(sub, str) or not sub:
+            raise AuthFailed("Invalid token: 'sub' must be a non-empty string")
+        channels = claims.get("channels") or []
+        if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
+            raise AuthFailed("Invalid token: 'channels' must be a list of strings")
+        return Principal(user_id=UserId(sub), channels=frozenset(channels), claims=claims)
+
+
+def issue_token(
+    user_id: str,
+    secret: str,
+    *,
+    algorithm: str = "HS256",
+    ttl: float | None = 3600.0,
+    channels: Iterable[str] = (),
+    **claims: Any,
+) -> str:
+    """Sign a token for ``user_id`` (development, tests, and backends that mint tokens)."""
+    now = int(time.time())
+    body: dict[str, Any] = {"sub": user_id, "iat": now, **claims}
+    if ttl is not None:
+        body["exp"] = now + int(ttl)
+    channels = list(channels)
+    if channels:
+        body["channels"] = channels
+    return jwt.encode(body, secret, algorithm=algorithm)

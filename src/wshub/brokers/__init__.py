@@ -1,0 +1,1 @@
+"""Broker implementations: ``memory`` (one process), ``redis`` (many nodes)."""

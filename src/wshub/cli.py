@@ -1,0 +1,108 @@
+"""The ``wshub`` command: ``serve``, ``token`` and the tools built on the client SDK."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from pydantic import ValidationError
+
+from .config import Settings
+from .errors import ConfigError
+
+__all__ = ["main"]
+
+
+def _load_settings(args: argparse.Namespace) -> Settings:
+    overrides = {
+        key: value
+        for key in ("host", "port", "path", "store_url", "log_level")
+        if (value := getattr(args, key, None)) is not None
+    }
+    return Settings(**overrides)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    settings = _load_settings(args)
+    _setup_logging(settings.log_level)
+    log = logging.getLogger("wshub")
+    if settings.jwt_secret is None and settings.jwt_public_key_file is None:
+        log.warning("WS_JWT_SECRET is not set: every authentication attempt will fail")
+    if settings.api_key is None:
+        log.warning("WS_API_KEY is not set: the HTTP API answers 401")
+    from .server.run import serve
+
+    serve(settings)
+    return 0
+
+
+def _cmd_token(args: argparse.Namespace) -> int:
+    settings = Settings()
+    if settings.jwt_secret is None:
+        print("wshub token: WS_JWT_SECRET is not set (environment or .env)", file=sys.stderr)
+        return 2
+    from .auth.jwt import issue_token
+
+    algorithm = next((a for a in settings.jwt_algorithms if a.startswith("HS")), "HS256")
+    channels = [c for c in (args.channels or "").split(",") if c]
+    token = issue_token(
+        args.user_id,
+        settings.jwt_secret.get_secret_value(),
+        algorithm=algorithm,
+        ttl=args.ttl,
+        channels=channels,
+    )
+    print(token)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wshub", description="Real-time messaging hub")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the standalone server (settings: WS_* / .env)")
+    serve.add_argument("--host", help="WS_HOST (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="WS_PORT (default 5000)")
+    serve.add_argument("--path", help="WS_PATH (default /ws)")
+    serve.add_argument("--store-url", dest="store_url", help="WS_STORE_URL")
+    serve.add_argument("--log-level", dest="log_level", help="WS_LOG_LEVEL")
+    serve.set_defaults(func=_cmd_serve)
+
+    token = sub.add_parser("token", help="print a signed development token for a user")
+    token.add_argument("user_id")
+    token.add_argument("--channels", help="comma-separated private channels to grant")
+    token.add_argument("--ttl", type=float, default=3600.0, help="seconds until it expires")
+    token.set_defaults(func=_cmd_token)
+
+    from .client import cli as client_cli
+
+    client_cli.add_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except (ValidationError, ConfigError) as exc:
+        print(f"wshub: invalid configuration:\n{exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

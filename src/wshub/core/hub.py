@@ -1,0 +1,669 @@
+"""The hub: who is connected, who listens to what, and getting every message to the right sockets.
+
+The hub never awaits a client. Fan-out encodes a message once into a :class:`Frame` and hands it
+to each connection's non-blocking ``send``; the transport behind it writes when it can.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import itertools
+import logging
+import struct
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+import orjson
+
+from ..config import Settings
+from ..errors import AuthFailed, Forbidden, NotAuthenticated
+from ..interfaces import Authenticator, Broker, ChannelHook, Connection, Retention, Store
+from ..protocol import RESERVED_TYPES, CloseCode, Frame, encode, now_ms, with_offset
+from ..types import ConnectionId, JSON, JSONObject, Principal, StoredMessage, StreamPosition, UserId
+from .permissions import ChannelKind, channel_kind, claim_grants
+from .recovery import is_recovered
+from .router import Handler, Router
+from .session import Session
+
+__all__ = ["Delivery", "Hub", "HubStats", "OverflowPolicy"]
+
+logger = logging.getLogger("wshub.hub")
+
+H = TypeVar("H", bound=Handler)
+OverflowPolicy = Literal["disconnect", "drop"]
+
+BROADCAST_TOPIC = "*"
+_offset_header = struct.Struct("!Q")
+
+
+def channel_key(channel: str) -> str:
+    return "c:" + channel
+
+
+def user_key(user_id: str) -> str:
+    return "u:" + user_id
+
+
+def message_envelope(body: bytes, offset: int) -> bytes:
+    """The ``message`` envelope for a stored channel publication body (see :meth:`Hub.publish`)."""
+    return b'{"type":"message","payload":%s,"offset":%d}}' % (body[:-1], offset)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """What became of a message to a user: handed to a live connection, or stored for later."""
+
+    delivered: bool
+    queued: bool
+    offset: int
+
+
+@dataclass(slots=True)
+class HubStats:
+    """Counters since start; the metrics endpoint and the dashboard read them."""
+
+    connections_opened: int = 0
+    connections_closed: int = 0
+    messages_in: int = 0
+    deliveries: int = 0
+    publications: int = 0
+    user_messages: int = 0
+    errors_sent: int = 0
+    rate_limited: int = 0
+    overflows: int = 0
+    dropped: int = 0
+
+
+class _RefuseAll:
+    async def authenticate(self, token: str) -> Principal:
+        raise AuthFailed("Authentication is not configured on this server")
+
+
+class Hub:
+    """The real-time hub. One per process (per node of a cluster).
+
+    Application code calls :meth:`send_to_user`, :meth:`notify_user`, :meth:`publish`,
+    :meth:`broadcast` and :meth:`is_user_connected`, and registers its own message types with
+    :meth:`on`. Transports (``wshub.asgi``) call :meth:`open_session`, :meth:`start_session` and
+    :meth:`close_session`. Start and stop it with :meth:`lifespan` or ``async with hub``.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        store: Store | None = None,
+        broker: Broker | None = None,
+        authenticator: Authenticator | None = None,
+        overflow: OverflowPolicy = "disconnect",
+    ) -> None:
+        from ..brokers.memory import MemoryBroker
+        from ..stores.memory import MemoryStore
+
+        self.settings = settings if settings is not None else Settings()
+        self.store: Store = store if store is not None else MemoryStore()
+        self.broker: Broker = broker if broker is not None else MemoryBroker()
+        self.authenticator: Authenticator = authenticator or _RefuseAll()
+        self.overflow: OverflowPolicy = overflow
+        self.node_id = uuid.uuid4().hex[:12]
+        self.router = Router()
+        self.stats = HubStats()
+        self.sessions: dict[ConnectionId, Session] = {}
+        self._users: dict[UserId, set[Session]] = {}
+        self._channels: dict[str, set[Session]] = {}
+        self._presence: dict[str, dict[UserId, int]] = {}
+        self._subscribe_hooks: list[ChannelHook] = []
+        self._publish_hook: ChannelHook | None = None
+        self._seq = itertools.count(1)
+        self._started = False
+        self._stopping = False
+        self._drained: asyncio.Event | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        s = self.settings
+        self._history = Retention(size=s.history_size, ttl=s.history_ttl)
+        self._inbox = Retention(size=s.inbox_size, ttl=s.inbox_ttl)
+        from .handlers import register_builtin_handlers
+
+        register_builtin_handlers(self.router)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        await self.store.start()
+        await self.broker.start(self._on_broker_message)
+        await self.broker.subscribe(BROADCAST_TOPIC)
+        self._drained = asyncio.Event()
+        self._started = True
+        self._stopping = False
+        logger.info("hub %s started", self.node_id)
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Close every connection with 1001 (queued frames first), wait for them to go (at most
+        ``WS_SHUTDOWN_TIMEOUT``), then close the broker and the store."""
+        if not self._started:
+            return
+        self._stopping = True
+        await self.drain(timeout)
+        await self.broker.close()
+        await self.store.close()
+        self._started = False
+        logger.info("hub %s stopped", self.node_id)
+
+    async def drain(self, timeout: float | None = None) -> None:
+        """Close all connections with 1001 and wait until their transports let go of them."""
+        self._stopping = True
+        for session in list(self.sessions.values()):
+            session.close(CloseCode.GOING_AWAY, "server shutting down")
+        if timeout is None:
+            timeout = self.settings.shutdown_timeout / 1000
+        if self.sessions and self._drained is not None:
+            self._drained.clear()
+            try:
+                await asyncio.wait_for(self._drained.wait(), timeout)
+            except TimeoutError:
+                logger.warning("%d connection(s) still open after drain", len(self.sessions))
+
+    @property
+    def accepting(self) -> bool:
+        """False while shutting down: transports refuse new connections."""
+        return self._started and not self._stopping
+
+    async def __aenter__(self) -> Hub:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: object = None) -> AsyncIterator[None]:
+        """Use as ``FastAPI(lifespan=hub.lifespan)`` or ``Starlette(lifespan=hub.lifespan)``."""
+        await self.start()
+        try:
+            yield
+        finally:
+            await self.stop()
+
+    # -- application hooks -----------------------------------------------------------------
+
+    def on(self, type_: str, *, requires_auth: bool = False) -> Callable[[H], H]:
+        """Register a handler for an application message type::
+
+            class Typing(BaseModel):
+                channel: str
+
+            @hub.on("typing", requires_auth=True)
+            async def typing(ctx: Context, payload: Typing) -> None:
+                await ctx.hub.publish(payload.channel, {"typing": ctx.user_id})
+
+        The payload is validated against the annotated model; failures answer
+        ``invalid_message`` naming the field.
+        """
+        return self.router.on(type_, requires_auth=requires_auth)
+
+    def authorize_channel(self, hook: ChannelHook) -> ChannelHook:
+        """Register ``hook(principal, channel) -> bool`` (sync or async) deciding subscriptions to
+        ``private-…`` channels that the credential's ``channels`` claim does not grant."""
+        self._subscribe_hooks.append(hook)
+        return hook
+
+    def publish_policy(self, hook: ChannelHook) -> ChannelHook:
+        """Replace the default publish policy (authenticated subscribers of non-private
+        channels) with ``hook(principal, channel) -> bool``."""
+        self._publish_hook = hook
+        return hook
+
+    # -- application API -------------------------------------------------------------------
+
+    async def publish(self, channel: str, data: JSON, *, sender: str | None = None) -> int:
+        """Publish ``data`` on ``channel``: store it in history, deliver it to every subscriber.
+        Returns the publication's offset."""
+        body = orjson.dumps(
+            {"channel": channel, "data": data, "timestamp": now_ms(), "from": sender}
+        )
+        key = channel_key(channel)
+        pos = await self.store.append(key, body, self._history)
+        frame = Frame(message_envelope(body, pos.offset))
+        self.stats.publications += 1
+        self._fanout(key, channel, pos.offset, frame)
+        await self.broker.publish(key, _offset_header.pack(pos.offset) + frame.data)
+        return pos.offset
+
+    async def send_to_user(self, user_id: str, type_: str, payload: JSONObject) -> Delivery:
+        """Send a message to every connection of a user; store it for later when none is live.
+
+        The message joins the user's stream and carries its ``offset``."""
+        if type_ in RESERVED_TYPES:
+            raise ValueError(f"{type_!r} is a type the server itself sends")
+        uid = UserId(user_id)
+        key = user_key(uid)
+        envelope = encode(type_, payload)
+        pos = await self.store.append(key, envelope, self._inbox)
+        frame = Frame(with_offset(envelope, pos.offset))
+        self.stats.user_messages += 1
+        delivered = self._deliver_user(uid, key, pos.offset, frame)
+        await self.broker.publish(key, _offset_header.pack(pos.offset) + frame.data)
+        if delivered:
+            await self.store.advance_cursor(key, pos.offset)
+        return Delivery(delivered=delivered, queued=not delivered, offset=pos.offset)
+
+    async def notify_user(
+        self,
+        user_id: str,
+        title: str,
+        message: str,
+        type: Literal["info", "warning", "error", "success"] = "info",
+        **extra: JSON,
+    ) -> Delivery:
+        """Send a ``notification`` (``title``, ``message``, ``type`` and any extra fields)."""
+        payload: JSONObject = {**extra, "title": title, "message": message, "type": type}
+        return await self.send_to_user(user_id, "notification", payload)
+
+    async def broadcast(self, message: str) -> int:
+        """Send a ``system_message`` to every connection; returns how many were local."""
+        frame = Frame(encode("system_message", {"message": message, "timestamp": now_ms()}))
+        count = self._broadcast_local(frame)
+        await self.broker.publish(BROADCAST_TOPIC, _offset_header.pack(0) + frame.data)
+        return count
+
+    async def is_user_connected(self, user_id: str) -> bool:
+        """Whether the user has at least one live connection."""
+        return bool(self._users.get(UserId(user_id)))
+
+    def connection_count(self, user_id: str) -> int:
+        return len(self._users.get(UserId(user_id), ()))
+
+    def sessions_of(self, user_id: str) -> Sequence[Session]:
+        """The user's live connections on this node."""
+        return list(self._users.get(UserId(user_id), ()))
+
+    async def presence(self, channel: str) -> list[UserId]:
+        """Users with at least one connection subscribed to a ``presence-…`` channel."""
+        return list(self._presence.get(channel, {}))
+
+    async def history(
+        self, channel: str, since: int = 0, limit: int | None = None
+    ) -> tuple[list[JSONObject], StreamPosition]:
+        """Stored publications of ``channel`` after offset ``since``, oldest first."""
+        messages, pos = await self.store.read(channel_key(channel), since, limit)
+        out = []
+        for m in messages:
+            item: JSONObject = orjson.loads(m.data)
+            item["offset"] = m.offset
+            out.append(item)
+        return out, pos
+
+    def channel_names(self) -> list[str]:
+        return list(self._channels)
+
+    def subscriber_count(self, channel: str) -> int:
+        return len(self._channels.get(channel, ()))
+
+    def user_ids(self) -> list[UserId]:
+        return list(self._users)
+
+    # -- transport side --------------------------------------------------------------------
+
+    async def verify_token(self, token: str) -> Principal:
+        """Verify a credential with the configured authenticator (raises ``AuthFailed``)."""
+        return await self.authenticator.authenticate(token)
+
+    def open_session(
+        self,
+        conn: Connection,
+        *,
+        remote: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Session:
+        """Register a newly accepted connection. Call :meth:`start_session` next."""
+        conn_id = ConnectionId(f"{self.node_id}-{next(self._seq)}")
+        session = Session(self, conn, id=conn_id, remote=remote, headers=headers)
+        self.sessions[conn_id] = session
+        self.stats.connections_opened += 1
+        if self.settings.require_auth:
+            loop = asyncio.get_running_loop()
+            session._auth_timer = loop.call_later(
+                self.settings.auth_timeout / 1000, self._auth_deadline, session
+            )
+        session.log.debug("connected from %s", remote)
+        return session
+
+    async def start_session(self, session: Session, principal: Principal | None = None) -> None:
+        """Send ``welcome`` and, for a connection authenticated at the handshake, what follows
+        ``authenticate``."""
+        session.send(
+            "welcome",
+            {
+                "connectionId": session.id,
+                "userId": principal.user_id if principal else None,
+                "heartbeatInterval": self.settings.heartbeat_interval,
+                "serverTime": now_ms(),
+                "protocol": 1,
+            },
+        )
+        if principal is not None:
+            await self.authenticate_session(session, principal)
+
+    def close_session(self, session: Session) -> None:
+        """Forget a connection whose transport has closed. Idempotent."""
+        session.open = False
+        if self.sessions.pop(session.id, None) is None:
+            return
+        if session._auth_timer is not None:
+            session._auth_timer.cancel()
+            session._auth_timer = None
+        for channel in list(session.channels):
+            self._leave_channel(session, channel)
+        uid = session.user_id
+        if uid is not None:
+            users = self._users.get(uid)
+            if users is not None:
+                users.discard(session)
+                if not users:
+                    del self._users[uid]
+                    self._spawn(self.broker.unsubscribe(user_key(uid)))
+        self.stats.connections_closed += 1
+        session.log.debug("disconnected")
+        if not self.sessions and self._drained is not None:
+            self._drained.set()
+
+    # -- built-in operations (called by core.handlers) -------------------------------------
+
+    async def authenticate_session(
+        self,
+        session: Session,
+        principal: Principal,
+        *,
+        since: int | None = None,
+        epoch: str | None = None,
+        msg_id: str | None = None,
+    ) -> None:
+        """Bind a connection to a user and send what the user's stream holds for it:
+        undelivered messages (no ``since``) or everything after ``since``."""
+        current = session.principal
+        if current is not None:
+            if current.user_id != principal.user_id:
+                raise AuthFailed("This connection is already authenticated as another user")
+            session.principal = principal  # a refreshed token: new claims, same stream
+            pos = await self.store.position(user_key(principal.user_id))
+            session.send("authenticated", self._auth_payload(session, pos, None), id=msg_id)
+            return
+        uid = principal.user_id
+        key = user_key(uid)
+        session.principal = principal
+        if session._auth_timer is not None:
+            session._auth_timer.cancel()
+            session._auth_timer = None
+        session._recovering[key] = []
+        users = self._users.get(uid)
+        if users is None:
+            users = self._users[uid] = set()
+            self._spawn(self.broker.subscribe(key))
+        users.add(session)
+        try:
+            start = since if since is not None else await self.store.cursor(key)
+            messages, pos, recovered = await self._read_gap(key, start, epoch, since is not None)
+        except BaseException:
+            session._recovering.pop(key, None)
+            raise
+        session.send("authenticated", self._auth_payload(session, pos, recovered), id=msg_id)
+        last = self._replay(session, key, pos, messages, with_offset)
+        if last:
+            await self.store.advance_cursor(key, last)
+
+    async def subscribe(
+        self,
+        session: Session,
+        channel: str,
+        *,
+        since: int | None = None,
+        epoch: str | None = None,
+        msg_id: str | None = None,
+    ) -> None:
+        await self._check_subscribe(session, channel)
+        key = channel_key(channel)
+        already = channel in session.channels
+        session._recovering[key] = []
+        if not already:
+            if len(session.channels) >= self.settings.max_subscriptions:
+                session._recovering.pop(key, None)
+                raise Forbidden(
+                    f"Subscription limit reached ({self.settings.max_subscriptions} channels)"
+                )
+            subscribers = self._channels.get(channel)
+            if subscribers is None:
+                subscribers = self._channels[channel] = set()
+                self._spawn(self.broker.subscribe(key))
+            subscribers.add(session)
+            session.channels.add(channel)
+        try:
+            messages: Sequence[StoredMessage] = ()
+            recovered: bool | None = None
+            if since is None:
+                pos = await self.store.position(key)
+            else:
+                messages, pos, recovered = await self._read_gap(key, since, epoch, True)
+        except BaseException:
+            session._recovering.pop(key, None)
+            if not already:
+                self._leave_channel(session, channel)
+            raise
+        payload: JSONObject = {"channel": channel, "offset": pos.offset, "epoch": pos.epoch}
+        if recovered is not None:
+            payload["recovered"] = recovered
+        session.send("subscribed", payload, id=msg_id)
+        self._replay(session, key, pos, messages, message_envelope)
+        if not already and channel_kind(channel) is ChannelKind.PRESENCE:
+            self._presence_join(channel, session)
+
+    def unsubscribe(self, session: Session, channel: str) -> bool:
+        """Remove a subscription; False when the connection was not subscribed."""
+        if channel not in session.channels:
+            return False
+        self._leave_channel(session, channel)
+        return True
+
+    async def check_publish(self, session: Session, channel: str) -> None:
+        principal = session.principal
+        if self._publish_hook is not None:
+            if not await _call_hook(self._publish_hook, principal, channel):
+                raise Forbidden(f"Publishing to {channel!r} is not allowed")
+            return
+        if principal is None:
+            raise NotAuthenticated("Authenticate before publishing")
+        if channel_kind(channel) is ChannelKind.PRIVATE:
+            raise Forbidden(f"Publishing to private channel {channel!r} is not allowed")
+        if channel not in session.channels:
+            raise Forbidden(f"Subscribe to {channel!r} before publishing to it")
+
+    # -- internals -------------------------------------------------------------------------
+
+    async def _check_subscribe(self, session: Session, channel: str) -> None:
+        kind = channel_kind(channel)
+        if kind is ChannelKind.PUBLIC:
+            return
+        principal = session.principal
+        if principal is None:
+            raise NotAuthenticated(f"Authenticate before subscribing to {channel!r}")
+        if kind is ChannelKind.PRESENCE or claim_grants(principal, channel):
+            return
+        for hook in self._subscribe_hooks:
+            if await _call_hook(hook, principal, channel):
+                return
+        raise Forbidden(f"Not allowed to subscribe to {channel!r}")
+
+    async def _read_gap(
+        self, key: str, since: int, epoch: str | None, resuming: bool
+    ) -> tuple[Sequence[StoredMessage], StreamPosition, bool | None]:
+        messages, pos = await self.store.read(key, since)
+        if not resuming:
+            return messages, pos, None
+        recovered = is_recovered(since, epoch, pos, messages)
+        if epoch is not None and epoch != pos.epoch:
+            messages, pos = await self.store.read(key, 0)
+        return messages, pos, recovered
+
+    def _replay(
+        self,
+        session: Session,
+        key: str,
+        pos: StreamPosition,
+        messages: Sequence[StoredMessage],
+        envelope: Callable[[bytes, int], bytes],
+    ) -> int:
+        """Send stored ``messages``, then the live frames that arrived meanwhile and are newer
+        than ``pos``; end the catch-up. Returns the last offset sent (0 if none)."""
+        last = 0
+        for m in messages:
+            session.send_frame(Frame(envelope(m.data, m.offset)))
+            last = m.offset
+        for offset, frame in session._recovering.pop(key, ()):
+            if offset > pos.offset and offset > last:
+                session.send_frame(frame)
+                last = offset
+        return last
+
+    def _fanout(self, key: str, channel: str, offset: int, frame: Frame) -> int:
+        subscribers = self._channels.get(channel)
+        if not subscribers:
+            return 0
+        overflowed = None
+        for s in subscribers:
+            recovering = s._recovering
+            if recovering and key in recovering:
+                recovering[key].append((offset, frame))
+            elif not s.conn.send(frame):
+                overflowed = overflowed or []
+                overflowed.append(s)
+        if overflowed:
+            for s in overflowed:
+                self._on_overflow(s)
+        n = len(subscribers)
+        self.stats.deliveries += n
+        return n
+
+    def _deliver_user(self, uid: UserId, key: str, offset: int, frame: Frame) -> bool:
+        sessions = self._users.get(uid)
+        if not sessions:
+            return False
+        for s in list(sessions):
+            recovering = s._recovering
+            if recovering and key in recovering:
+                recovering[key].append((offset, frame))
+            else:
+                s.send_frame(frame)
+        self.stats.deliveries += len(sessions)
+        return True
+
+    def _broadcast_local(self, frame: Frame) -> int:
+        sessions = list(self.sessions.values())
+        for s in sessions:
+            s.send_frame(frame)
+        self.stats.deliveries += len(sessions)
+        return len(sessions)
+
+    def _channel_event(self, channel: str, type_: str, payload: JSONObject) -> None:
+        """An ephemeral frame (no offset, not stored) to every subscriber of ``channel``."""
+        frame = Frame(encode(type_, payload))
+        for s in list(self._channels.get(channel, ())):
+            s.send_frame(frame)
+        self._spawn(self.broker.publish(channel_key(channel), _offset_header.pack(0) + frame.data))
+
+    def _leave_channel(self, session: Session, channel: str) -> None:
+        session.channels.discard(channel)
+        session._recovering.pop(channel_key(channel), None)
+        subscribers = self._channels.get(channel)
+        if subscribers is not None:
+            subscribers.discard(session)
+            if not subscribers:
+                del self._channels[channel]
+                self._spawn(self.broker.unsubscribe(channel_key(channel)))
+        if channel_kind(channel) is ChannelKind.PRESENCE and session.user_id is not None:
+            self._presence_leave(channel, session.user_id)
+
+    def _presence_join(self, channel: str, session: Session) -> None:
+        uid = session.user_id
+        if uid is None:
+            return
+        users = self._presence.setdefault(channel, {})
+        users[uid] = users.get(uid, 0) + 1
+        if users[uid] == 1:
+            self._channel_event(channel, "presence_join", {"channel": channel, "userId": uid})
+
+    def _presence_leave(self, channel: str, uid: UserId) -> None:
+        users = self._presence.get(channel)
+        if not users or uid not in users:
+            return
+        users[uid] -= 1
+        if users[uid] <= 0:
+            del users[uid]
+            if not users:
+                del self._presence[channel]
+            self._channel_event(channel, "presence_leave", {"channel": channel, "userId": uid})
+
+    def _auth_payload(
+        self, session: Session, pos: StreamPosition, recovered: bool | None
+    ) -> JSONObject:
+        payload: JSONObject = {
+            "userId": session.user_id,
+            "connectionId": session.id,
+            "offset": pos.offset,
+            "epoch": pos.epoch,
+        }
+        if recovered is not None:
+            payload["recovered"] = recovered
+        return payload
+
+    def _on_overflow(self, session: Session) -> None:
+        self.stats.overflows += 1
+        if self.overflow == "drop":
+            self.stats.dropped += 1
+            return
+        session.log.warning("closing slow consumer: outbound queue full")
+        session.close(CloseCode.TRY_AGAIN_LATER, "slow consumer", drain=False)
+
+    def _auth_deadline(self, session: Session) -> None:
+        session._auth_timer = None
+        if session.principal is None and session.open:
+            session.log.info("closing: not authenticated in time")
+            session.close(CloseCode.POLICY_VIOLATION, "authentication required")
+
+    def _on_broker_message(self, topic: str, data: bytes) -> None:
+        """A message another node published: deliver it to this node's connections."""
+        (offset,) = _offset_header.unpack_from(data)
+        frame = Frame(data[_offset_header.size :])
+        if topic == BROADCAST_TOPIC:
+            self._broadcast_local(frame)
+        elif topic.startswith("c:"):
+            channel = topic[2:]
+            if offset:
+                self._fanout(topic, channel, offset, frame)
+            else:
+                for s in list(self._channels.get(channel, ())):
+                    s.send_frame(frame)
+        elif topic.startswith("u:"):
+            self._deliver_user(UserId(topic[2:]), topic, offset, frame)
+
+    def _spawn(self, coro: Any) -> None:
+        """Run a broker bookkeeping call in the background, keeping a reference until done."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("background broker call failed", exc_info=task.exception())
+
+
+async def _call_hook(hook: ChannelHook, principal: Principal | None, channel: str) -> bool:
+    result = hook(principal, channel)
+    if inspect.isawaitable(result):
+        result = await result
+    return bool(result)

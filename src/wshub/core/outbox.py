@@ -1,0 +1,80 @@
+"""A bounded per-connection queue of outgoing frames, drained by one writer task.
+
+Used by transports whose sends must be awaited (ASGI). Publishers only ever call :meth:`put`,
+which never waits; the writer takes everything queued in one :meth:`take` call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+from ..protocol import Frame
+
+__all__ = ["Outbox"]
+
+
+class Outbox:
+    """FIFO of :class:`Frame` bounded by total bytes and by count.
+
+    ``put`` returns ``False`` (and queues nothing) when adding the frame would exceed either bound;
+    what to do then is the caller's overflow policy.
+    """
+
+    __slots__ = ("_bytes", "_frames", "_waiter", "closed", "max_bytes", "max_frames")
+
+    def __init__(self, *, max_bytes: int, max_frames: int) -> None:
+        self.max_bytes = max_bytes
+        self.max_frames = max_frames
+        self._frames: deque[Frame] = deque()
+        self._bytes = 0
+        self._waiter: asyncio.Future[None] | None = None
+        self.closed = False
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    @property
+    def pending_bytes(self) -> int:
+        return self._bytes
+
+    def put(self, frame: Frame) -> bool:
+        if self.closed:
+            return True
+        size = len(frame.data)
+        if self._bytes + size > self.max_bytes or len(self._frames) >= self.max_frames:
+            return False
+        self._frames.append(frame)
+        self._bytes += size
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        return True
+
+    async def take(self) -> list[Frame]:
+        """Wait until a frame is queued or the outbox is closed; return (and remove) all queued.
+
+        Returns an empty list only when the outbox is closed and empty.
+        """
+        while not self._frames:
+            if self.closed:
+                return []
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        frames = list(self._frames)
+        self._frames.clear()
+        self._bytes = 0
+        return frames
+
+    def close(self, *, drop: bool = False) -> None:
+        """Stop accepting frames; wake the writer. With ``drop`` the queued frames are discarded."""
+        self.closed = True
+        if drop:
+            self._frames.clear()
+            self._bytes = 0
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)

@@ -1,0 +1,192 @@
+"""One connection's life: its identity, subscriptions, limits, and the handling of its messages."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import MutableMapping
+from typing import TYPE_CHECKING, Any
+
+from ..errors import NotAuthenticated, ProtocolError, RateLimited, UnknownType
+from ..protocol import CloseCode, ErrorCode, Frame, decode, encode
+from ..types import ConnectionId, JSONObject, Principal, UserId
+from .ratelimit import TokenBucket
+
+if TYPE_CHECKING:
+    from ..interfaces import Connection
+    from .hub import Hub
+
+__all__ = ["Context", "Session"]
+
+logger = logging.getLogger("wshub.session")
+
+
+class _SessionLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """Puts ``connection_id`` and ``user_id`` on every record, and in front of the message."""
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
+        session: Session = self.extra["session"]  # type: ignore[index]
+        kwargs["extra"] = {"connection_id": session.id, "user_id": session.user_id}
+        return f"[{session.id} user={session.user_id}] {msg}", kwargs
+
+
+class Session:
+    """The hub's side of one connection.
+
+    Transports create it through :meth:`Hub.open_session`, feed it every client frame with
+    :meth:`receive` (awaited, one at a time, so a connection's messages are handled in order), and
+    end it with :meth:`Hub.close_session`. Everything a session sends goes through its
+    :class:`~wshub.interfaces.Connection`, which never blocks.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_auth_timer",
+        "_bucket",
+        "_recovering",
+        "channels",
+        "conn",
+        "headers",
+        "hub",
+        "id",
+        "log",
+        "open",
+        "principal",
+        "remote",
+    )
+
+    def __init__(
+        self,
+        hub: Hub,
+        conn: Connection,
+        *,
+        id: ConnectionId,
+        remote: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.hub = hub
+        self.conn = conn
+        self.id = id
+        self.remote = remote
+        self.headers = headers or {}
+        self.principal: Principal | None = None
+        self.channels: set[str] = set()
+        self.open = True
+        settings = hub.settings
+        self._bucket = TokenBucket(settings.rate_limit, settings.rate_burst)
+        # Streams being caught up: live frames for them wait here, with their offsets, until the
+        # replay has been sent (see Hub._catch_up).
+        self._recovering: dict[str, list[tuple[int, Frame]]] = {}
+        self._auth_timer: Any = None
+        self.log = _SessionLog(logger, {"session": self})
+
+    # -- identity --------------------------------------------------------------------------
+
+    @property
+    def user_id(self) -> UserId | None:
+        return self.principal.user_id if self.principal else None
+
+    @property
+    def is_open(self) -> bool:
+        """Whether frames sent now can still reach the client (the seed's ``isSocketOpen``)."""
+        return self.open
+
+    def __repr__(self) -> str:
+        return f"<Session {self.id} user={self.user_id} open={self.open}>"
+
+    # -- sending ---------------------------------------------------------------------------
+
+    def send_frame(self, frame: Frame) -> None:
+        if self.open and not self.conn.send(frame):
+            self.hub._on_overflow(self)
+
+    def send(
+        self, type_: str, payload: JSONObject, *, id: str | None = None, offset: int | None = None
+    ) -> None:
+        """Encode and send one message to this connection only."""
+        self.send_frame(Frame(encode(type_, payload, id=id, offset=offset)))
+
+    def send_error(self, code: str, message: str, *, id: str | None = None) -> None:
+        self.hub.stats.errors_sent += 1
+        self.send("error", {"code": code, "message": message}, id=id)
+
+    def close(self, code: int = CloseCode.NORMAL, reason: str = "", *, drain: bool = True) -> None:
+        """Close the connection; the transport then calls :meth:`Hub.close_session`."""
+        if not self.open:
+            return
+        self.open = False
+        if self._auth_timer is not None:
+            self._auth_timer.cancel()
+            self._auth_timer = None
+        self.conn.close(code, reason, drain=drain)
+
+    # -- receiving -------------------------------------------------------------------------
+
+    async def receive(self, raw: str | bytes) -> None:
+        """Handle one client text frame. Never raises: every problem becomes an ``error`` frame."""
+        if not self.open:
+            return
+        hub = self.hub
+        hub.stats.messages_in += 1
+        msg_id: str | None = None
+        try:
+            if not self._bucket.take():
+                if self._bucket.abusive:
+                    self.log.warning("closing: persistent rate-limit abuse")
+                    self.close(CloseCode.POLICY_VIOLATION, "rate limit exceeded", drain=True)
+                    return
+                hub.stats.rate_limited += 1
+                raise RateLimited(
+                    f"More than {hub.settings.rate_limit:g} messages per second; slow down"
+                )
+            incoming = decode(raw)
+            msg_id = incoming.id
+            route = hub.router.get(incoming.type)
+            if route is None:
+                raise UnknownType(incoming.type)
+            if self.principal is None and (
+                route.requires_auth or (hub.settings.require_auth and incoming.type != "ping")
+            ):
+                raise NotAuthenticated(f"Authenticate before sending {incoming.type!r}")
+            payload = route.validate(incoming.payload)
+            await route.handler(Context(self, incoming.type, msg_id), payload)
+        except ProtocolError as exc:
+            if msg_id is None:
+                msg_id = getattr(exc, "id", None)
+            self.send_error(exc.code, exc.message, id=msg_id)
+        except Exception:
+            self.log.exception("handler failed")
+            self.send_error(ErrorCode.INTERNAL_ERROR, "Internal server error", id=msg_id)
+
+    def receive_binary(self) -> None:
+        """Binary frames are not part of protocol v1: answer with an error, keep the connection."""
+        if self._bucket.take():
+            self.send_error(ErrorCode.INVALID_MESSAGE, "Binary frames are not supported; send JSON text")
+        elif self._bucket.abusive:
+            self.close(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
+
+
+class Context:
+    """What a handler gets besides its payload: the session, the hub, and a way to reply."""
+
+    __slots__ = ("id", "session", "type")
+
+    def __init__(self, session: Session, type_: str, id: str | None) -> None:
+        self.session = session
+        self.type = type_
+        self.id = id
+
+    @property
+    def hub(self) -> Hub:
+        return self.session.hub
+
+    @property
+    def principal(self) -> Principal | None:
+        return self.session.principal
+
+    @property
+    def user_id(self) -> UserId | None:
+        return self.session.user_id
+
+    def reply(self, type_: str, payload: JSONObject) -> None:
+        """Send a direct reply to this message; it carries the client's ``id``."""
+        self.session.send(type_, payload, id=self.id)

@@ -1,0 +1,67 @@
+"""Build a hub from settings: the store, broker and authenticator their URLs and keys name.
+
+Drivers (sqlite3, redis) are imported only when a URL asks for them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .config import Settings
+from .core.hub import Hub
+from .errors import ConfigError
+from .interfaces import Authenticator, Broker, Store
+
+__all__ = ["create_authenticator", "create_broker", "create_hub", "create_store"]
+
+
+def create_store(url: str) -> Store:
+    if url.startswith("memory://"):
+        from .stores.memory import MemoryStore
+
+        return MemoryStore()
+    raise ConfigError(f"WS_STORE_URL: no store for {url!r} yet")
+
+
+def create_broker(url: str) -> Broker:
+    if url.startswith("memory://"):
+        from .brokers.memory import MemoryBroker
+
+        return MemoryBroker()
+    raise ConfigError(f"WS_BROKER_URL: no broker for {url!r} yet")
+
+
+def create_authenticator(settings: Settings) -> Authenticator | None:
+    """The JWT authenticator the settings describe, or None when no key is configured."""
+    from .auth.jwt import JWTAuthenticator
+
+    public_key = None
+    if settings.jwt_public_key_file:
+        try:
+            public_key = Path(settings.jwt_public_key_file).read_text()
+        except OSError as exc:
+            raise ConfigError(f"WS_JWT_PUBLIC_KEY_FILE: cannot read it: {exc}") from None
+    secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
+    if secret is None and public_key is None:
+        return None
+    return JWTAuthenticator(
+        secret=secret,
+        public_key=public_key,
+        algorithms=settings.jwt_algorithms,
+        audience=settings.jwt_audience,
+        issuer=settings.jwt_issuer,
+        leeway=settings.jwt_leeway,
+    )
+
+
+def create_hub(settings: Settings | None = None, **overrides: Any) -> Hub:
+    """A :class:`Hub` configured from ``settings`` (default: the ``WS_*`` environment).
+
+    Keyword arguments (``store=``, ``broker=``, ``authenticator=``) replace what the settings name.
+    """
+    settings = settings if settings is not None else Settings()
+    overrides.setdefault("store", create_store(settings.store_url))
+    overrides.setdefault("broker", create_broker(settings.broker_url))
+    overrides.setdefault("authenticator", create_authenticator(settings))
+    return Hub(settings, **overrides)

@@ -1,0 +1,130 @@
+"""What plugs into the hub: small Protocols, each with the guarantees an implementation owes.
+
+Implementations live in ``wshub.stores``, ``wshub.brokers``, ``wshub.auth`` and the transport
+adapters (``wshub.asgi``); every store and broker passes the shared contract suite in
+``tests/contracts/``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from .types import Principal, StoredMessage, StreamPosition
+
+if TYPE_CHECKING:
+    from .protocol import Frame
+
+__all__ = [
+    "Authenticator",
+    "Broker",
+    "BrokerHandler",
+    "Connection",
+    "Retention",
+    "Store",
+]
+
+
+@runtime_checkable
+class Connection(Protocol):
+    """One client connection as the hub sees it: a place to put encoded frames, and a way out.
+
+    Guarantees an implementation owes:
+
+    - ``send`` never blocks and never awaits the client. It queues the frame behind the frames
+      queued before it and returns ``True``; it returns ``False`` without queueing when the
+      connection's outbound limit would be exceeded (the hub then applies its overflow policy).
+      After ``close`` it drops frames and returns ``True``.
+    - ``close`` never blocks; it is idempotent. With ``drain=True`` the frames already queued are
+      written before the close frame (bounded by the implementation's own timeout); otherwise
+      they are dropped.
+    """
+
+    def send(self, frame: Frame) -> bool: ...
+
+    def close(self, code: int = 1000, reason: str = "", *, drain: bool = True) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How much of a stream a store keeps: at most ``size`` messages, none older than ``ttl``.
+
+    ``size == 0`` keeps nothing (offsets still advance); ``ttl`` in seconds, ``None`` = no limit.
+    """
+
+    size: int | None
+    ttl: float | None
+
+
+class Store(Protocol):
+    """Streams of messages with offsets, and per-stream delivery cursors.
+
+    A stream is named by an opaque string (the hub uses one per channel and one per user).
+    Guarantees:
+
+    - ``append`` assigns offsets 1, 2, 3, ... per stream, with no gap and no repeat, also when
+      several processes share the store; when it returns, the message is as durable as the
+      store promises (memory: until the process exits; SQLite: committed to disk).
+    - ``read`` returns messages with offset > ``since`` in offset order, together with the stream's
+      position at the moment of the read; messages dropped by retention are simply absent.
+    - A stream's ``epoch`` stays the same for as long as the store keeps that stream's data.
+    - Cursors only move forward: ``advance_cursor`` to a lower offset is a no-op.
+    """
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def append(self, stream: str, data: bytes, retention: Retention) -> StreamPosition: ...
+
+    async def read(
+        self, stream: str, since: int, limit: int | None = None
+    ) -> tuple[Sequence[StoredMessage], StreamPosition]: ...
+
+    async def position(self, stream: str) -> StreamPosition: ...
+
+    async def cursor(self, stream: str) -> int: ...
+
+    async def advance_cursor(self, stream: str, offset: int) -> None: ...
+
+
+#: Called by a broker for every message another node (or this one) published on a topic.
+BrokerHandler = Callable[[str, bytes], None]
+
+
+class Broker(Protocol):
+    """Fan-out between hub nodes. A node delivers to its own connections itself, then publishes
+    once to the broker for the others (so local delivery never waits on the network).
+
+    Guarantees:
+
+    - ``publish(topic, data)`` hands ``data`` to the handler of every *other* node subscribed to
+      ``topic``, at most once per node, in publish order per publishing node.
+    - A node only receives topics it subscribed to, except the broadcast topic ``"*"`` which
+      every node receives.
+    - ``start`` registers the single handler; it is called on the event loop and must not block.
+    """
+
+    async def start(self, handler: BrokerHandler) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def publish(self, topic: str, data: bytes) -> None: ...
+
+    async def subscribe(self, topic: str) -> None: ...
+
+    async def unsubscribe(self, topic: str) -> None: ...
+
+
+class Authenticator(Protocol):
+    """Turns a credential into a :class:`Principal` or raises :class:`~wshub.errors.AuthFailed`.
+
+    Must not block the event loop (fetching keys, reading sessions: await them).
+    """
+
+    async def authenticate(self, token: str) -> Principal: ...
+
+
+#: An application hook deciding whether a principal may subscribe to / publish on a channel.
+ChannelHook = Callable[[Principal | None, str], bool | Awaitable[bool]]

@@ -1,0 +1,247 @@
+"""Protocol v1: the envelope, built-in payload models, encoding, error and close codes.
+
+Everything here is pure: no I/O, no event loop. Decoding validates the envelope only; payloads
+are validated by the router against the model registered for their type.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+
+from .errors import InvalidMessage
+from .framing import frame as _ws_frame
+from .types import JSON, JSONObject
+
+__all__ = [
+    "CHANNEL_PATTERN",
+    "MAX_ID_LENGTH",
+    "PROTOCOL_VERSION",
+    "RESERVED_TYPES",
+    "AuthenticatePayload",
+    "ChannelName",
+    "ChatPayload",
+    "ChannelPayload",
+    "CloseCode",
+    "ErrorCode",
+    "Frame",
+    "Incoming",
+    "NotificationPayload",
+    "PublishPayload",
+    "SubscribePayload",
+    "decode",
+    "describe_validation_error",
+    "encode",
+    "now_ms",
+    "with_offset",
+]
+
+PROTOCOL_VERSION = 1
+MAX_ID_LENGTH = 64
+CHANNEL_PATTERN = r"^[A-Za-z0-9_\-:.@/]{1,128}$"
+
+#: Types the server itself sends; an application may not send them through ``send_to_user``.
+RESERVED_TYPES = frozenset(
+    {
+        "welcome",
+        "pong",
+        "authenticated",
+        "chat_received",
+        "subscribed",
+        "unsubscribed",
+        "message",
+        "published",
+        "system_message",
+        "presence",
+        "presence_join",
+        "presence_leave",
+        "error",
+    }
+)
+
+
+class ErrorCode(enum.StrEnum):
+    INVALID_JSON = "invalid_json"
+    INVALID_MESSAGE = "invalid_message"
+    UNKNOWN_TYPE = "unknown_type"
+    NOT_AUTHENTICATED = "not_authenticated"
+    AUTH_FAILED = "auth_failed"
+    FORBIDDEN = "forbidden"
+    RATE_LIMITED = "rate_limited"
+    NOT_FOUND = "not_found"
+    INTERNAL_ERROR = "internal_error"
+
+
+class CloseCode(enum.IntEnum):
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    POLICY_VIOLATION = 1008
+    MESSAGE_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011
+    TRY_AGAIN_LATER = 1013
+
+
+def now_ms() -> int:
+    """Wall-clock milliseconds since the epoch, as every ``timestamp`` field carries."""
+    return time.time_ns() // 1_000_000
+
+
+# ---------------------------------------------------------------------------------------------
+# Frames
+
+
+class Frame:
+    """One encoded server message, shared by every connection it is sent to.
+
+    ``data`` is the UTF-8 JSON text. ``text`` (for ASGI servers) and ``wire`` (a complete RFC 6455
+    frame, for transports written to directly) are computed on first use and cached, so a
+    publication to a thousand subscribers is encoded once whichever transports they use.
+    """
+
+    __slots__ = ("_text", "_wire", "data")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self._text: str | None = None
+        self._wire: bytes | None = None
+
+    @property
+    def text(self) -> str:
+        if self._text is None:
+            self._text = self.data.decode()
+        return self._text
+
+    @property
+    def wire(self) -> bytes:
+        if self._wire is None:
+            self._wire = _ws_frame(self.data)
+        return self._wire
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __repr__(self) -> str:
+        return f"Frame({self.data[:60]!r}{'...' if len(self.data) > 60 else ''})"
+
+
+def encode(
+    type_: str, payload: JSONObject, *, id: str | None = None, offset: int | None = None
+) -> bytes:
+    """Encode one envelope. Keys come out in the order ``type``, ``payload``, ``id``, ``offset``."""
+    env: dict[str, Any] = {"type": type_, "payload": payload}
+    if id is not None:
+        env["id"] = id
+    if offset is not None:
+        env["offset"] = offset
+    return orjson.dumps(env)
+
+
+def with_offset(envelope: bytes, offset: int) -> bytes:
+    """Add ``"offset": N`` to an encoded envelope without decoding it again."""
+    return b'%s,"offset":%d}' % (envelope[:-1], offset)
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """A client envelope whose shape is valid; ``payload`` is not validated yet."""
+
+    type: str
+    payload: JSONObject
+    id: str | None
+
+
+def decode(raw: str | bytes) -> Incoming:
+    """Parse one client text frame into an :class:`Incoming`.
+
+    Raises :class:`InvalidMessage` (code ``invalid_json`` or ``invalid_message``). When the
+    envelope carries a usable ``id`` the exception has it as ``.id`` so the error can echo it.
+    """
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise InvalidMessage("Message is not valid JSON", code=ErrorCode.INVALID_JSON) from None
+    if not isinstance(obj, dict):
+        raise InvalidMessage("Message must be a JSON object")
+    msg_id = obj.get("id")
+    if msg_id is not None and (not isinstance(msg_id, str) or len(msg_id) > MAX_ID_LENGTH):
+        raise InvalidMessage(f"id: must be a string of at most {MAX_ID_LENGTH} characters")
+    type_ = obj.get("type")
+    if not isinstance(type_, str) or not type_:
+        raise _with_id(InvalidMessage("type: a non-empty string is required"), msg_id)
+    payload = obj.get("payload")
+    if payload is None:
+        payload = {}
+    elif not isinstance(payload, dict):
+        raise _with_id(InvalidMessage("payload: must be an object"), msg_id)
+    return Incoming(type_, payload, msg_id)
+
+
+def _with_id(exc: InvalidMessage, msg_id: str | None) -> InvalidMessage:
+    exc.id = msg_id  # type: ignore[attr-defined]
+    return exc
+
+
+def describe_validation_error(exc: ValidationError, prefix: str = "payload") -> str:
+    """Name the first failing field and why, e.g. ``payload.channel: Field required``."""
+    first = exc.errors(include_url=False)[0]
+    loc = ".".join(str(part) for part in (prefix, *first["loc"]))
+    return f"{loc}: {first['msg']}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Built-in client payloads
+
+ChannelName = Annotated[StrictStr, Field(pattern=CHANNEL_PATTERN)]
+_Offset = Annotated[StrictInt, Field(ge=0)]
+
+
+class _Payload(BaseModel):
+    # Unknown fields are ignored so that newer clients keep working with older servers.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class EmptyPayload(_Payload):
+    """No fields."""
+
+
+class AuthenticatePayload(_Payload):
+    token: Annotated[StrictStr, Field(min_length=1, max_length=8192)]
+    since: _Offset | None = None
+    epoch: StrictStr | None = None
+
+
+class ChatPayload(_Payload):
+    recipientId: Annotated[StrictStr, Field(min_length=1, max_length=256)]  # noqa: N815
+    message: Annotated[StrictStr, Field(min_length=1)]
+
+
+class ChannelPayload(_Payload):
+    channel: ChannelName
+
+
+class SubscribePayload(ChannelPayload):
+    since: _Offset | None = None
+    epoch: StrictStr | None = None
+
+
+class PublishPayload(ChannelPayload):
+    data: JSON = None
+
+
+class NotificationPayload(_Payload):
+    """What ``notify_user`` and ``POST /api/users/{id}/notify`` take."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    title: StrictStr
+    message: StrictStr
+    type: Literal["info", "warning", "error", "success"] = "info"

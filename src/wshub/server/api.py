@@ -1,0 +1,135 @@
+"""The HTTP API (PROTOCOL.md, "Server HTTP API"): any backend can publish and send through it."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
+from pydantic import BaseModel, Field, StrictStr, field_validator
+
+from ..core.hub import Hub
+from ..protocol import RESERVED_TYPES, ChannelName, NotificationPayload
+from ..types import JSON
+
+__all__ = ["build_api_router"]
+
+
+class PublishBody(BaseModel):
+    channel: ChannelName
+    data: JSON = None
+
+
+class PublishResult(BaseModel):
+    channel: str
+    offset: int
+
+
+class SendBody(BaseModel):
+    type: Annotated[StrictStr, Field(min_length=1, max_length=128)]
+    payload: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("type")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        if value in RESERVED_TYPES:
+            raise ValueError(f"{value!r} is a type the server itself sends")
+        return value
+
+    @field_validator("payload", mode="before")
+    @classmethod
+    def _null_is_empty(cls, value: object) -> object:
+        return {} if value is None else value
+
+
+class DeliveryResult(BaseModel):
+    delivered: bool
+    queued: bool
+    offset: int
+
+
+class BroadcastBody(BaseModel):
+    message: Annotated[StrictStr, Field(min_length=1)]
+
+
+class BroadcastResult(BaseModel):
+    connections: int
+
+
+class UserStatus(BaseModel):
+    userId: str  # noqa: N815
+    online: bool
+    connections: int
+
+
+class PresenceResult(BaseModel):
+    channel: str
+    users: list[str]
+
+
+class HistoryResult(BaseModel):
+    channel: str
+    offset: int
+    epoch: str
+    publications: list[dict[str, Any]]
+
+
+UserIdPath = Annotated[str, Path(min_length=1, max_length=256)]
+ChannelPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9_\-:.@/]{1,128}$")]
+
+
+def build_api_router(hub: Hub) -> APIRouter:
+    """Routes under ``/api``, each requiring ``Authorization: Bearer <WS_API_KEY>``."""
+    api_key = hub.settings.api_key.get_secret_value().encode() if hub.settings.api_key else None
+
+    def require_key(request: Request) -> None:
+        header = request.headers.get("authorization", "")
+        if api_key is None:
+            raise HTTPException(401, "The HTTP API is disabled: set WS_API_KEY")
+        scheme, _, value = header.partition(" ")
+        # compare_digest: the time taken does not tell how much of the key was right.
+        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), api_key):
+            raise HTTPException(401, "Missing or invalid API key", {"WWW-Authenticate": "Bearer"})
+
+    router = APIRouter(prefix="/api", dependencies=[Depends(require_key)], tags=["api"])
+
+    @router.post("/publish", summary="Publish to a channel")
+    async def publish(body: PublishBody) -> PublishResult:
+        offset = await hub.publish(body.channel, body.data)
+        return PublishResult(channel=body.channel, offset=offset)
+
+    @router.post("/users/{user_id}/send", summary="Send a message to every connection of a user")
+    async def send(user_id: UserIdPath, body: SendBody) -> DeliveryResult:
+        d = await hub.send_to_user(user_id, body.type, body.payload)
+        return DeliveryResult(delivered=d.delivered, queued=d.queued, offset=d.offset)
+
+    @router.post("/users/{user_id}/notify", summary="Send a notification to a user")
+    async def notify(user_id: UserIdPath, body: NotificationPayload) -> DeliveryResult:
+        fields = body.model_dump()
+        extra = {k: v for k, v in fields.items() if k not in {"title", "message", "type"}}
+        d = await hub.notify_user(user_id, body.title, body.message, body.type, **extra)
+        return DeliveryResult(delivered=d.delivered, queued=d.queued, offset=d.offset)
+
+    @router.post("/broadcast", summary="A system_message to every connection")
+    async def broadcast(body: BroadcastBody) -> BroadcastResult:
+        return BroadcastResult(connections=await hub.broadcast(body.message))
+
+    @router.get("/users/{user_id}", summary="Whether a user is online")
+    async def user_status(user_id: UserIdPath) -> UserStatus:
+        online = await hub.is_user_connected(user_id)
+        return UserStatus(userId=user_id, online=online, connections=hub.connection_count(user_id))
+
+    @router.get("/channels/{channel:path}/presence", summary="Users in a presence channel")
+    async def presence(channel: ChannelPath) -> PresenceResult:
+        return PresenceResult(channel=channel, users=list(await hub.presence(channel)))
+
+    @router.get("/channels/{channel:path}/history", summary="Stored publications of a channel")
+    async def history(
+        channel: ChannelPath,
+        since: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> HistoryResult:
+        items, pos = await hub.history(channel, since, limit)
+        return HistoryResult(channel=channel, offset=pos.offset, epoch=pos.epoch, publications=items)
+
+    return router

@@ -1,0 +1,52 @@
+"""Prometheus metrics read from the hub's counters at scrape time (nothing on the hot path)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from ..core.hub import Hub
+
+__all__ = ["metrics_response"]
+
+_COUNTERS = {
+    "connections_opened": "Connections accepted",
+    "connections_closed": "Connections closed",
+    "messages_in": "Client messages received",
+    "deliveries": "Frames handed to connections by fan-out",
+    "publications": "Channel publications",
+    "user_messages": "Messages to user streams",
+    "errors_sent": "Error frames sent to clients",
+    "rate_limited": "Client messages rejected by rate limiting",
+    "overflows": "Outbound queue overflows (slow consumers)",
+    "dropped": "Frames dropped by the drop overflow policy",
+}
+
+
+class _HubCollector:
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    def collect(self) -> Iterator[Metric]:
+        hub = self.hub
+        gauges = {
+            "connections": ("Open connections", len(hub.sessions)),
+            "users": ("Users with a connection", len(hub.user_ids())),
+            "channels": ("Channels with a subscriber", len(hub.channel_names())),
+        }
+        for name, (doc, value) in gauges.items():
+            yield GaugeMetricFamily(f"wshub_{name}", doc, value=value)
+        for name, doc in _COUNTERS.items():
+            yield CounterMetricFamily(f"wshub_{name}", doc, value=getattr(hub.stats, name))
+
+
+def metrics_response(hub: Hub) -> tuple[bytes, str]:
+    registry = getattr(hub, "_metrics_registry", None)
+    if registry is None:
+        registry = CollectorRegistry()
+        registry.register(_HubCollector(hub))  # type: ignore[arg-type]
+        hub._metrics_registry = registry  # type: ignore[attr-defined]
+    return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,1 @@
+"""Store implementations: ``memory`` (default in-process), ``sqlite`` (durable, single node)."""
