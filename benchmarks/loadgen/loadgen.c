@@ -265,8 +265,13 @@ static void send_subscribe(conn *c) {
 
 static void send_publish(conn *c) {
     char p[200];
-    snprintf(p, sizeof p, "{\"channel\":\"%s\",\"data\":{\"t\":%llu}}", cfg.channel,
-             (unsigned long long)now_ns());
+    /* latency: the send time, read back by each subscriber; fanout: a short sequence number */
+    if (cfg.sc == SC_LATENCY)
+        snprintf(p, sizeof p, "{\"channel\":\"%s\",\"data\":{\"t\":%llu}}", cfg.channel,
+                 (unsigned long long)now_ns());
+    else
+        snprintf(p, sizeof p, "{\"channel\":\"%s\",\"data\":{\"n\":%llu}}", cfg.channel,
+                 (unsigned long long)c_pubs_sent);
     send_msg(c, "publish", p);
     c_pubs_sent++;
 }

@@ -1,5 +1,8 @@
 """Peer: picows (Cython WebSocket) on uvloop, `transport.send()` once per subscriber.
 
+use_aiofastnet=False: picows 2.3.1 would otherwise pick aiofastnet's transport when installed;
+the uvloop transport is what PERF-NOTES measured (and costs 23 KiB per idle connection, not 28).
+
     python picows_server.py PORT
 """
 
@@ -78,7 +81,9 @@ def listener_factory(_request: WSUpgradeRequest) -> Conn:
 
 
 async def main() -> None:
-    server = await ws_create_server(listener_factory, "127.0.0.1", port_from_argv(), backlog=4096)
+    server = await ws_create_server(
+        listener_factory, "127.0.0.1", port_from_argv(), backlog=4096, use_aiofastnet=False
+    )
     await server.serve_forever()
 
 

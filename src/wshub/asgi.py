@@ -161,7 +161,7 @@ def _handshake_token(scope: Scope, headers: dict[str, str]) -> str | None:
     if query:
         values = parse_qs(query.decode("latin-1")).get("token")
         if values:
-            return values[0]
+            return str(values[0])
     return None
 
 
@@ -191,5 +191,3 @@ async def _http_response(send: Send, status: int, body: dict[str, Any]) -> None:
         }
     )
     await send({"type": "http.response.body", "body": data})
-
-

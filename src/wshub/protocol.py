@@ -25,8 +25,8 @@ __all__ = [
     "RESERVED_TYPES",
     "AuthenticatePayload",
     "ChannelName",
-    "ChatPayload",
     "ChannelPayload",
+    "ChatPayload",
     "CloseCode",
     "ErrorCode",
     "Frame",
@@ -220,7 +220,7 @@ class AuthenticatePayload(_Payload):
 
 
 class ChatPayload(_Payload):
-    recipientId: Annotated[StrictStr, Field(min_length=1, max_length=256)]  # noqa: N815
+    recipientId: Annotated[StrictStr, Field(min_length=1, max_length=256)]
     message: Annotated[StrictStr, Field(min_length=1)]
 
 

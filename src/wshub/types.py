@@ -8,8 +8,8 @@ from typing import Any, NewType, TypeAlias
 
 __all__ = [
     "JSON",
-    "JSONObject",
     "ConnectionId",
+    "JSONObject",
     "Principal",
     "StoredMessage",
     "StreamPosition",

@@ -1,4 +1,4 @@
-"""Authenticators: JWT by default; applications may plug in their own (see interfaces.Authenticator)."""
+"""Authenticators: JWT by default; applications may plug in their own (interfaces.Authenticator)."""
 
 from .jwt import JWTAuthenticator, issue_token
 

@@ -40,8 +40,10 @@ class MemoryBroker:
         if self._bus is None:
             return
         for other in self._bus.brokers:
-            if other is not self and other._handler is not None and (
-                topic == BROADCAST_TOPIC or topic in other._topics
+            if (
+                other is not self
+                and other._handler is not None
+                and (topic == BROADCAST_TOPIC or topic in other._topics)
             ):
                 other._handler(topic, data)
 

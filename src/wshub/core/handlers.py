@@ -97,5 +97,3 @@ def register_builtin_handlers(router: Router) -> None:
     router.add("unsubscribe", unsubscribe)
     router.add("publish", publish)
     router.add("presence", presence, requires_auth=True)
-
-

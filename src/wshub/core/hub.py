@@ -23,7 +23,7 @@ from ..config import Settings
 from ..errors import AuthFailed, Forbidden, NotAuthenticated
 from ..interfaces import Authenticator, Broker, ChannelHook, Connection, Retention, Store
 from ..protocol import RESERVED_TYPES, CloseCode, Frame, encode, now_ms, with_offset
-from ..types import ConnectionId, JSON, JSONObject, Principal, StoredMessage, StreamPosition, UserId
+from ..types import JSON, ConnectionId, JSONObject, Principal, StoredMessage, StreamPosition, UserId
 from .permissions import ChannelKind, channel_kind, claim_grants
 from .recovery import is_recovered
 from .router import Handler, Router
@@ -86,6 +86,9 @@ class _RefuseAll:
 class Hub:
     """The real-time hub. One per process (per node of a cluster).
 
+    Build it with :func:`wshub.create_hub`, which picks the store, broker and authenticator the
+    settings name; the core itself chooses no implementation.
+
     Application code calls :meth:`send_to_user`, :meth:`notify_user`, :meth:`publish`,
     :meth:`broadcast` and :meth:`is_user_connected`, and registers its own message types with
     :meth:`on`. Transports (``wshub.asgi``) call :meth:`open_session`, :meth:`start_session` and
@@ -94,19 +97,16 @@ class Hub:
 
     def __init__(
         self,
-        settings: Settings | None = None,
+        settings: Settings,
         *,
-        store: Store | None = None,
-        broker: Broker | None = None,
+        store: Store,
+        broker: Broker,
         authenticator: Authenticator | None = None,
         overflow: OverflowPolicy = "disconnect",
     ) -> None:
-        from ..brokers.memory import MemoryBroker
-        from ..stores.memory import MemoryStore
-
-        self.settings = settings if settings is not None else Settings()
-        self.store: Store = store if store is not None else MemoryStore()
-        self.broker: Broker = broker if broker is not None else MemoryBroker()
+        self.settings = settings
+        self.store = store
+        self.broker = broker
         self.authenticator: Authenticator = authenticator or _RefuseAll()
         self.overflow: OverflowPolicy = overflow
         self.node_id = uuid.uuid4().hex[:12]
@@ -121,7 +121,9 @@ class Hub:
         self._seq = itertools.count(1)
         self._started = False
         self._stopping = False
-        self._drained: asyncio.Event | None = None
+        # Set whenever no connection is open; drain() and tests await it.
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._tasks: set[asyncio.Task[Any]] = set()
         s = self.settings
         self._history = Retention(size=s.history_size, ttl=s.history_ttl)
@@ -138,7 +140,6 @@ class Hub:
         await self.store.start()
         await self.broker.start(self._on_broker_message)
         await self.broker.subscribe(BROADCAST_TOPIC)
-        self._drained = asyncio.Event()
         self._started = True
         self._stopping = False
         logger.info("hub %s started", self.node_id)
@@ -162,12 +163,16 @@ class Hub:
             session.close(CloseCode.GOING_AWAY, "server shutting down")
         if timeout is None:
             timeout = self.settings.shutdown_timeout / 1000
-        if self.sessions and self._drained is not None:
-            self._drained.clear()
-            try:
-                await asyncio.wait_for(self._drained.wait(), timeout)
-            except TimeoutError:
-                logger.warning("%d connection(s) still open after drain", len(self.sessions))
+        if not await self.wait_idle(timeout):
+            logger.warning("%d connection(s) still open after drain", len(self.sessions))
+
+    async def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until no connection is open; False if ``timeout`` seconds passed first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
     @property
     def accepting(self) -> bool:
@@ -325,6 +330,7 @@ class Hub:
         conn_id = ConnectionId(f"{self.node_id}-{next(self._seq)}")
         session = Session(self, conn, id=conn_id, remote=remote, headers=headers)
         self.sessions[conn_id] = session
+        self._idle.clear()
         self.stats.connections_opened += 1
         if self.settings.require_auth:
             loop = asyncio.get_running_loop()
@@ -370,8 +376,8 @@ class Hub:
                     self._spawn(self.broker.unsubscribe(user_key(uid)))
         self.stats.connections_closed += 1
         session.log.debug("disconnected")
-        if not self.sessions and self._drained is not None:
-            self._drained.set()
+        if not self.sessions:
+            self._idle.set()
 
     # -- built-in operations (called by core.handlers) -------------------------------------
 

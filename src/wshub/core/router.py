@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import inspect
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ class Route:
 
     type: str
     handler: Handler
-    model: type[BaseModel]
+    model: builtins.type[BaseModel]
     requires_auth: bool
     summary: str
 
@@ -98,7 +99,13 @@ def _payload_model(handler: Handler) -> type[BaseModel]:
     params = list(inspect.signature(handler).parameters.values())
     if len(params) < 2:
         return EmptyPayload
-    hints = get_type_hints(handler)
+    try:
+        hints = get_type_hints(handler)
+    except NameError as exc:
+        raise TypeError(
+            f"cannot resolve the annotations of {handler.__qualname__} ({exc}); define the "
+            "payload model at module level or pass model= explicitly"
+        ) from None
     annotation = hints.get(params[1].name)
     if annotation is None:
         return EmptyPayload

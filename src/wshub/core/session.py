@@ -20,11 +20,15 @@ __all__ = ["Context", "Session"]
 logger = logging.getLogger("wshub.session")
 
 
-class _SessionLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+class _SessionLog(logging.LoggerAdapter[logging.Logger]):
     """Puts ``connection_id`` and ``user_id`` on every record, and in front of the message."""
 
+    def __init__(self, session: Session) -> None:
+        super().__init__(logger)
+        self.session = session
+
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
-        session: Session = self.extra["session"]  # type: ignore[index]
+        session = self.session
         kwargs["extra"] = {"connection_id": session.id, "user_id": session.user_id}
         return f"[{session.id} user={session.user_id}] {msg}", kwargs
 
@@ -77,7 +81,7 @@ class Session:
         # replay has been sent (see Hub._catch_up).
         self._recovering: dict[str, list[tuple[int, Frame]]] = {}
         self._auth_timer: Any = None
-        self.log = _SessionLog(logger, {"session": self})
+        self.log = _SessionLog(self)
 
     # -- identity --------------------------------------------------------------------------
 
@@ -129,6 +133,15 @@ class Session:
         hub.stats.messages_in += 1
         msg_id: str | None = None
         try:
+            try:
+                incoming = decode(raw)
+            except ProtocolError as exc:
+                bad: ProtocolError | None = exc
+                msg_id = getattr(exc, "id", None)
+            else:
+                bad = None
+                msg_id = incoming.id
+            # Every frame costs a token, valid or not, so garbage cannot flood past the limit.
             if not self._bucket.take():
                 if self._bucket.abusive:
                     self.log.warning("closing: persistent rate-limit abuse")
@@ -138,8 +151,8 @@ class Session:
                 raise RateLimited(
                     f"More than {hub.settings.rate_limit:g} messages per second; slow down"
                 )
-            incoming = decode(raw)
-            msg_id = incoming.id
+            if bad is not None:
+                raise bad
             route = hub.router.get(incoming.type)
             if route is None:
                 raise UnknownType(incoming.type)
@@ -150,8 +163,6 @@ class Session:
             payload = route.validate(incoming.payload)
             await route.handler(Context(self, incoming.type, msg_id), payload)
         except ProtocolError as exc:
-            if msg_id is None:
-                msg_id = getattr(exc, "id", None)
             self.send_error(exc.code, exc.message, id=msg_id)
         except Exception:
             self.log.exception("handler failed")
@@ -160,7 +171,9 @@ class Session:
     def receive_binary(self) -> None:
         """Binary frames are not part of protocol v1: answer with an error, keep the connection."""
         if self._bucket.take():
-            self.send_error(ErrorCode.INVALID_MESSAGE, "Binary frames are not supported; send JSON text")
+            self.send_error(
+                ErrorCode.INVALID_MESSAGE, "Binary frames are not supported; send JSON text"
+            )
         elif self._bucket.abusive:
             self.close(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
 

@@ -57,7 +57,7 @@ class BroadcastResult(BaseModel):
 
 
 class UserStatus(BaseModel):
-    userId: str  # noqa: N815
+    userId: str
     online: bool
     connections: int
 
@@ -130,6 +130,8 @@ def build_api_router(hub: Hub) -> APIRouter:
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> HistoryResult:
         items, pos = await hub.history(channel, since, limit)
-        return HistoryResult(channel=channel, offset=pos.offset, epoch=pos.epoch, publications=items)
+        return HistoryResult(
+            channel=channel, offset=pos.offset, epoch=pos.epoch, publications=items
+        )
 
     return router

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
+from starlette.routing import WebSocketRoute
 
 from ..asgi import WebSocketApp
 from ..config import Settings
@@ -16,6 +18,8 @@ from .api import build_api_router
 from .metrics import metrics_response
 
 __all__ = ["create_app"]
+
+STATIC = Path(__file__).parent / "static"
 
 
 def create_app(settings: Settings | None = None, *, hub: Hub | None = None) -> FastAPI:
@@ -30,7 +34,7 @@ def create_app(settings: Settings | None = None, *, hub: Hub | None = None) -> F
     )
     app.state.hub = hub
     app.include_router(build_api_router(hub))
-    app.router.add_websocket_route(hub.settings.path, WebSocketApp(hub))
+    app.router.routes.append(WebSocketRoute(hub.settings.path, WebSocketApp(hub)))
 
     @app.exception_handler(BackendUnavailable)
     async def backend_unavailable(request: Request, exc: BackendUnavailable) -> JSONResponse:
@@ -52,5 +56,21 @@ def create_app(settings: Settings | None = None, *, hub: Hub | None = None) -> F
     async def metrics() -> Response:
         body, content_type = metrics_response(hub)
         return Response(body, media_type=content_type)
+
+    @app.get(hub.settings.path, include_in_schema=False)
+    async def upgrade_required() -> JSONResponse:
+        return JSONResponse(
+            {"detail": "Upgrade Required: connect with WebSocket"},
+            status_code=426,
+            headers={"Upgrade": "websocket", "Connection": "Upgrade"},
+        )
+
+    @app.get("/ws-test", include_in_schema=False)
+    async def ws_test_page() -> FileResponse:
+        return FileResponse(STATIC / "ws-test.html", media_type="text/html")
+
+    @app.get("/wshub.js", include_in_schema=False)
+    async def js_client() -> FileResponse:
+        return FileResponse(STATIC / "wshub.js", media_type="text/javascript")
 
     return app

@@ -47,6 +47,6 @@ def metrics_response(hub: Hub) -> tuple[bytes, str]:
     registry = getattr(hub, "_metrics_registry", None)
     if registry is None:
         registry = CollectorRegistry()
-        registry.register(_HubCollector(hub))  # type: ignore[arg-type]
+        registry.register(_HubCollector(hub))
         hub._metrics_registry = registry  # type: ignore[attr-defined]
     return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -24,14 +24,15 @@ class DrainingServer(uvicorn.Server):
     """uvicorn's server, except that on shutdown every WebSocket client first gets close code 1001
     (uvicorn alone sends 1012), and a signal-triggered shutdown exits with status 0."""
 
-    def __init__(self, config: uvicorn.Config, hub: Hub) -> None:
+    def __init__(self, config: uvicorn.Config, hub: Hub | None) -> None:
         super().__init__(config)
         self.hub = hub
 
     async def shutdown(self, sockets: Any = None) -> None:
-        for server in self.servers:
-            server.close()
-        await self.hub.drain()
+        if self.hub is not None:
+            for server in self.servers:
+                server.close()
+            await self.hub.drain()
         await super().shutdown(sockets)
 
     @contextlib.contextmanager

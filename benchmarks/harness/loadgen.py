@@ -1,0 +1,94 @@
+"""Running the C load generator against a started server, and what the runner measures on the
+server side meanwhile: its CPU over the loadgen's measured window, its RSS for idle connections."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from .scenarios import Scenario
+from .servers import ServerProcess, pinned
+
+__all__ = ["LOADGEN", "run_loadgen"]
+
+LOADGEN = Path(__file__).resolve().parent.parent / "build" / "loadgen"
+
+
+def _deadline(scenario: Scenario, args: list[str]) -> float:
+    """Seconds after which a loadgen that has not exited is killed (it exits by itself before)."""
+
+    def opt(name: str, default: float) -> float:
+        return float(args[args.index(name) + 1]) if name in args else default
+
+    return opt("--connect-timeout", 60) + opt("--warmup", 1) + opt("--duration", 4) + opt("--hold", 2) + 15
+
+
+def run_loadgen(
+    scenario: Scenario,
+    server: ServerProcess,
+    *,
+    loadgen_core: int,
+    token: str | None,
+    idle_settle: float = 1.0,
+) -> dict[str, Any]:
+    """Run one scenario; return the loadgen's result line plus the runner's own measurements:
+    server_cpu_ratio (server CPU / wall over the window) and, for idle, RSS figures."""
+    args = [str(LOADGEN), scenario.kind, "--port", str(server.port), *scenario.args]
+    if server.server.sio:
+        args.append("--sio")
+    if server.server.path:
+        args += ["--path", server.server.path]
+    if token and server.server.wshub:
+        args += ["--token", token]
+    record: dict[str, Any] = {}
+    rss_base = server.rss() if scenario.kind == "idle" else 0
+    proc = subprocess.Popen(pinned(loadgen_core, args), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    killer = threading.Timer(_deadline(scenario, args), proc.kill)
+    killer.start()
+    result: dict[str, Any] | None = None
+    cpu0 = t0 = 0.0
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            try:
+                msg = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            event = msg.get("event")
+            if event == "window_start":
+                cpu0, t0 = server.cpu_seconds(), time.monotonic()
+            elif event == "window_end":
+                record["server_cpu_ratio"] = (server.cpu_seconds() - cpu0) / max(time.monotonic() - t0, 1e-9)
+            elif event == "ready":
+                # connections are up: let the server settle, then take the highest of two samples
+                time.sleep(idle_settle)
+                a = server.rss()
+                time.sleep(0.3)
+                rss = max(a, server.rss())
+                conns = int(msg.get("conns", scenario.idle_conns or 1))
+                record.update(rss_base=rss_base, rss_loaded=rss,
+                              rss_per_conn_kib=(rss - rss_base) / conns / 1024)
+            elif event is None:
+                result = msg
+        proc.wait(timeout=10)
+    finally:
+        killer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    stderr = proc.stderr.read() if proc.stderr else ""
+    if result is None:
+        raise RuntimeError(f"loadgen gave no result (status {proc.returncode}) {stderr.strip()[-300:]}")
+    record.update(result)
+    if not result.get("ok"):
+        detail = result.get("first_error") or ""
+        raise RuntimeError(
+            f"{result.get('error')} ({result.get('ready')}/{result.get('needed')} connections up)"
+            + (f": {detail}" if detail else "")
+        )
+    return record

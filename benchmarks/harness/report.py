@@ -1,0 +1,273 @@
+"""From run records to the table (medians and per-repetition ratios), the chart and RESULTS.md."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .scenarios import Metric, Scenario
+from .servers import Server
+
+__all__ = [
+    "REFERENCES", "Cell", "Summary", "cell_text", "md_cpu_table", "md_table", "render_markdown",
+    "summarize", "visible", "write_chart",
+]
+
+REFERENCES = ("picows", "node-ws")
+SATURATED = 0.90   # loadgen CPU / wall above this: the load generator may be the limit
+SERVER_BOUND = 0.90  # server CPU / wall below this in a throughput scenario: not server-bound
+
+
+@dataclass
+class Cell:
+    values: list[float] = field(default_factory=list)          # one per successful repetition
+    ratios: dict[str, list[float]] = field(default_factory=dict)
+    reps: int = 0                                               # repetitions attempted
+    errors: list[str] = field(default_factory=list)
+    loadgen_cpu: list[float] = field(default_factory=list)
+    server_cpu: list[float] = field(default_factory=list)
+    closed: int = 0
+    protocol_errors: int = 0
+    first_error: str = ""
+
+    @property
+    def median(self) -> float | None:
+        return statistics.median(self.values) if self.values else None
+
+    def ratio(self, ref: str) -> float | None:
+        r = self.ratios.get(ref)
+        return statistics.median(r) if r else None
+
+    @property
+    def saturated(self) -> bool:
+        return any(c > SATURATED for c in self.loadgen_cpu)
+
+
+@dataclass
+class Summary:
+    servers: list[Server]
+    metrics: list[Metric]
+    cells: dict[tuple[str, str], Cell]          # (server key, metric column) -> cell
+    footnotes: list[str] = field(default_factory=list)
+
+
+def _ratio(metric: Metric, value: float, ref: float) -> float | None:
+    if value <= 0 or ref <= 0:
+        return None
+    return value / ref if metric.higher_is_better else ref / value
+
+
+def summarize(records: list[dict[str, Any]], servers: list[Server], scenarios: list[Scenario]) -> Summary:
+    metrics = [m for sc in scenarios for m in sc.metrics]
+    cells: dict[tuple[str, str], Cell] = {}
+    by_run = {(r["rep"], r["scenario"], r["server"]): r for r in records}
+    for rec in records:
+        sc = next(s for s in scenarios if s.key == rec["scenario"])
+        for m in sc.metrics:
+            cell = cells.setdefault((rec["server"], m.column), Cell())
+            cell.reps += 1
+            if not rec.get("ok"):
+                cell.errors.append(str(rec.get("error", "failed")))
+                continue
+            value = rec.get(m.field)
+            if value is None:
+                cell.errors.append(f"no {m.field} in the result")
+                continue
+            cell.values.append(float(value))
+            if "loadgen_cpu_ratio" in rec:
+                cell.loadgen_cpu.append(float(rec["loadgen_cpu_ratio"]))
+            if "server_cpu_ratio" in rec:
+                cell.server_cpu.append(float(rec["server_cpu_ratio"]))
+            cell.closed += int(rec.get("closed", 0))
+            cell.protocol_errors += int(rec.get("errors", 0))
+            cell.first_error = cell.first_error or str(rec.get("first_error") or "")
+            for ref in REFERENCES:
+                ref_rec = by_run.get((rec["rep"], rec["scenario"], ref))
+                if ref_rec and ref_rec.get("ok") and ref_rec.get(m.field) is not None:
+                    r = _ratio(m, float(value), float(ref_rec[m.field]))
+                    if r is not None:
+                        cell.ratios.setdefault(ref, []).append(r)
+    return Summary(servers=servers, metrics=metrics, cells=cells)
+
+
+def _fmt_ratio(r: float | None) -> str:
+    return "–" if r is None else f"{r:.2f}"
+
+
+def cell_text(summary: Summary, server: Server, metric: Metric) -> str:
+    """`209k (1.00 / 1.29)`: median, then median ratio vs picows / vs node-ws; marks for caveats."""
+    cell = summary.cells.get((server.key, metric.column))
+    if cell is None:
+        return "—"
+    if cell.median is None:
+        note = _note(summary, f"{server.key} / {metric.column} failed: {cell.errors[0][:300]}")
+        return f"failed{note}"
+    text = f"{metric.fmt(cell.median)} ({_fmt_ratio(cell.ratio('picows'))} / {_fmt_ratio(cell.ratio('node-ws'))})"
+    if len(cell.values) < cell.reps:
+        text += f" [{len(cell.values)}/{cell.reps} reps]"
+        _note(summary, f"{server.key} / {metric.column}: {cell.reps - len(cell.values)} rep(s) failed: "
+              f"{cell.errors[0][:300]}")
+    if cell.saturated:
+        text += " †"
+    if metric.throughput and cell.server_cpu and statistics.median(cell.server_cpu) < SERVER_BOUND:
+        text += " ‡"
+    if cell.closed or cell.protocol_errors:
+        text += _note(summary, f"{server.key} / {metric.column}: {cell.closed} connection(s) closed by "
+                      f"the server, {cell.protocol_errors} error message(s)"
+                      + (f", first: {cell.first_error}" if cell.first_error else ""))
+    return text
+
+
+def _note(summary: Summary, text: str) -> str:
+    if text not in summary.footnotes:
+        summary.footnotes.append(text)
+    return f" [{summary.footnotes.index(text) + 1}]"
+
+
+def cpu_text(summary: Summary, server: Server, metric: Metric) -> str:
+    cell = summary.cells.get((server.key, metric.column))
+    if cell is None or not cell.loadgen_cpu:
+        return "—"
+    srv = f"{statistics.median(cell.server_cpu) * 100:.0f}%" if cell.server_cpu else "?"
+    return f"{srv} / {statistics.median(cell.loadgen_cpu) * 100:.0f}%"
+
+
+def visible(summary: Summary) -> tuple[list[Server], list[Metric]]:
+    servers = [s for s in summary.servers if any((s.key, m.column) in summary.cells for m in summary.metrics)]
+    metrics = [m for m in summary.metrics if any((s.key, m.column) in summary.cells for s in servers)]
+    return servers, metrics
+
+
+def md_table(summary: Summary) -> str:
+    servers, metrics = visible(summary)
+    rows = ["| server | " + " | ".join(m.column for m in metrics) + " |", "|---|" + "---|" * len(metrics)]
+    rows += [f"| {s.label} | " + " | ".join(cell_text(summary, s, m) for m in metrics) + " |" for s in servers]
+    return "\n".join(rows)
+
+
+def md_cpu_table(summary: Summary, scenarios: list[Scenario]) -> str:
+    """One column per scenario with a measured window (idle has none)."""
+    servers, _ = visible(summary)
+    cols = [(sc.key, sc.metrics[0]) for sc in scenarios if sc.kind != "idle"]
+    cols = [(k, m) for k, m in cols if any((s.key, m.column) in summary.cells for s in servers)]
+    rows = ["| server | " + " | ".join(k for k, _ in cols) + " |", "|---|" + "---|" * len(cols)]
+    rows += [f"| {s.label} | " + " | ".join(cpu_text(summary, s, m) for _, m in cols) + " |" for s in servers]
+    return "\n".join(rows)
+
+
+def render_markdown(
+    summary: Summary,
+    *,
+    scenarios: list[Scenario],
+    machine: dict[str, Any],
+    settings: dict[str, Any],
+    skipped: dict[str, str],
+    elapsed_s: float,
+    generated: str,
+) -> str:
+    table = md_table(summary)
+    cpu_table = md_cpu_table(summary, scenarios)
+    pk = machine["packages"]
+    versions = ", ".join(f"{k} {v}" for k, v in pk.items())
+    lines = [
+        "# wshub benchmark results",
+        "",
+        f"Written by `make -C benchmarks bench` (`benchmarks/run.py`) on {generated}: "
+        f"{settings['reps']} repetition(s), warmup {settings['warmup']:g} s + window "
+        f"{settings['duration']:g} s per scenario, {elapsed_s / 60:.1f} min in all. "
+        "How to run and what each scenario means: [README.md](README.md).",
+        "",
+        "## Machine",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| CPU | {machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB |",
+        f"| OS, kernel | {machine['os']}, Linux {machine['kernel']} |",
+        f"| Python, Node | {machine['python']}, {machine['node']} |",
+        f"| compiler, redis | {machine['gcc']}; {machine['redis']} |",
+        f"| packages | {versions} |",
+        f"| pinning | server on core {settings['server_core']} (its redis too), load generator on core "
+        f"{settings['loadgen_core']} (taskset); all traffic over 127.0.0.1 |",
+        "",
+        "## Results",
+        "",
+        "Median over the repetitions; in parentheses the ratio to picows / to node-ws, taken within "
+        "each repetition and then the median. Ratios read \"times better than the reference\": "
+        "value / reference for throughput, reference / value for latency and memory.",
+        "",
+        table,
+        "",
+        "† the load generator used more than 90% of its core in at least one repetition: "
+        "the number may be a lower bound for the server.  ",
+        "‡ the server used less than 90% of its core during the window: not CPU-bound on the "
+        "server side (limited by the publication window, the 2 ms client batches, or waiting).",
+    ]
+    if summary.footnotes:
+        lines.append("")
+        lines += [f"[{i}] {t}  " for i, t in enumerate(summary.footnotes, 1)]
+    if skipped:
+        lines += ["", "Not measured:"]
+        lines += [f"- {k}: {v}" for k, v in skipped.items()]
+    lines += [
+        "",
+        "### CPU during the measured window",
+        "",
+        "Server CPU / load generator CPU, each as a share of one core (median).",
+        "",
+        cpu_table,
+        "",
+        "## Scenarios",
+        "",
+    ]
+    lines += [f"- **{sc.key}**: {sc.describe}." for sc in scenarios]
+    lines += [
+        "",
+        "Loopback compresses the ratios between fast servers; compare ratios, not absolute numbers. "
+        "The chart of this table is written to `benchmarks/results/<run>/chart.png` (git-ignored), "
+        "next to the raw per-run records (`runs.jsonl`) and server logs.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_chart(summary: Summary, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    servers, metrics = visible(summary)
+    cols = 4
+    rows = (len(metrics) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 0.5 * len(servers) * rows + 1.6 * rows),
+                             squeeze=False)
+    for ax in axes.flat[len(metrics):]:
+        ax.axis("off")
+    for ax, m in zip(axes.flat, metrics, strict=False):
+        names, meds, lo, hi, colors = [], [], [], [], []
+        for s in servers:
+            cell = summary.cells.get((s.key, m.column))
+            if cell is None or cell.median is None:
+                continue
+            names.append(s.key)
+            med = cell.median
+            meds.append(med)
+            lo.append(med - min(cell.values))
+            hi.append(max(cell.values) - med)
+            colors.append("#d62728" if s.wshub else "#1f77b4")
+        y = list(range(len(names)))
+        ax.barh(y, meds, xerr=[lo, hi], color=colors, capsize=3)
+        ax.set_yticks(y, names)
+        ax.invert_yaxis()
+        better = "higher" if m.higher_is_better else "lower"
+        ax.set_title(f"{m.column}\n{m.unit}, {better} is better", fontsize=9)
+        ax.tick_params(labelsize=8)
+        for yi, v in zip(y, meds, strict=True):
+            ax.text(v, yi, " " + m.fmt(v), va="center", fontsize=7)
+        ax.margins(x=0.25)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,278 @@
+"""The servers under test and how to start, watch and stop them.
+
+Each server runs pinned to one core (taskset), in a scratch directory of its own (so no `.env`
+of a developer leaks into wshub's settings), with stdout/stderr in a log file, and is stopped
+(SIGTERM, then SIGKILL) after every scenario: each measurement starts from a fresh process.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import psutil
+
+__all__ = [
+    "Server",
+    "ServerProcess",
+    "Session",
+    "build_servers",
+    "free_port",
+    "pinned",
+    "wait_port",
+]
+
+HERE = Path(__file__).resolve().parent.parent
+PEERS = HERE / "peers"
+
+
+@dataclass
+class Session:
+    """What every server of one benchmark session shares."""
+
+    server_core: int
+    scratch: Path                  # temp dir for this session (sqlite files, cwd of servers)
+    logs: Path
+    venv_bin: Path
+    jwt_secret: str = field(default_factory=lambda: secrets.token_hex(32))
+    token: str | None = None       # the publisher's JWT (wshub only)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pinned(core: int, argv: list[str]) -> list[str]:
+    taskset = shutil.which("taskset")
+    return [taskset, "-c", str(core), *argv] if taskset else argv
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"exited with status {proc.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"not listening on port {port} after {timeout:.0f} s")
+
+
+@dataclass(frozen=True)
+class Server:
+    key: str
+    label: str
+    argv: Callable[[Session, int, Path], list[str]]        # (session, port, run dir) -> argv
+    env: Callable[[Session, int, Path], dict[str, str]] = lambda s, p, d: {}
+    sio: bool = False                                       # load with Socket.IO framing
+    path: str | None = None                                 # WebSocket path (None: loadgen default)
+    wshub: bool = False                                     # publisher sends the JWT
+    store: str | None = None                                # None: memory / no store; sqlite; redis
+    only_store_heavy: bool = False                          # runs only the store-heavy scenario
+    missing: Callable[[Session], str | None] = lambda s: None  # why it cannot run, or None
+
+
+class ServerProcess:
+    """One started server (plus its throwaway redis, if any); `stop()` ends both."""
+
+    def __init__(self, server: Server, session: Session, run_name: str) -> None:
+        self.server = server
+        self.port = free_port()
+        self.run_dir = session.scratch / run_name
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = session.logs / f"{run_name}.log"
+        self._log: IO[bytes] = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.redis: subprocess.Popen[bytes] | None = None
+        self.redis_port: int | None = None
+        env = dict(os.environ)
+        if server.store == "redis":
+            self.redis_port = free_port()
+            self.redis = subprocess.Popen(
+                pinned(
+                    session.server_core,
+                    [
+                        "redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1",
+                        "--save", "", "--appendonly", "no", "--daemonize", "no",
+                    ],
+                ),
+                stdout=self._log, stderr=subprocess.STDOUT, cwd=self.run_dir,
+                start_new_session=True,
+            )
+            wait_port(self.redis_port, self.redis, 10)
+        env.update(server.env(session, self.port, self.run_dir))
+        if self.redis_port is not None:
+            env["WS_STORE_URL"] = f"redis://127.0.0.1:{self.redis_port}/0"
+        self.proc = subprocess.Popen(
+            pinned(session.server_core, server.argv(session, self.port, self.run_dir)),
+            stdout=self._log, stderr=subprocess.STDOUT, cwd=self.run_dir, env=env,
+            start_new_session=True,
+        )
+        try:
+            wait_port(self.port, self.proc, 30)
+        except RuntimeError:
+            self.stop()
+            raise
+        self.ps = psutil.Process(self.proc.pid)
+
+    def _procs(self) -> list[psutil.Process]:
+        try:
+            return [self.ps, *self.ps.children(recursive=True)]
+        except psutil.Error:
+            return []
+
+    def cpu_seconds(self) -> float:
+        total = 0.0
+        for p in self._procs():
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except psutil.Error:
+                pass
+        return total
+
+    def rss(self) -> int:
+        total = 0
+        for p in self._procs():
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, lines: int = 5) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return " | ".join(text[-lines:])
+
+    @staticmethod
+    def _end(proc: subprocess.Popen[bytes] | None) -> None:
+        if proc is None or proc.poll() is not None:
+            return
+        # each server runs in a session of its own: signal its whole process group
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(timeout=5)
+
+    def stop(self) -> None:
+        self._end(self.proc if hasattr(self, "proc") else None)
+        self._end(self.redis)
+        self._log.close()
+
+
+def _py(script: str) -> Callable[[Session, int, Path], list[str]]:
+    return lambda s, port, d: [sys.executable, str(PEERS / script), str(port)]
+
+
+def _importable(*modules: str) -> Callable[[Session], str | None]:
+    def check(_s: Session) -> str | None:
+        import importlib.util
+
+        gone = [m for m in modules if importlib.util.find_spec(m) is None]
+        return f"python package(s) {', '.join(gone)} missing: run `make -C benchmarks deps`" if gone else None
+
+    return check
+
+
+def _node_missing(_s: Session) -> str | None:
+    if shutil.which("node") is None:
+        return "node not found"
+    if not (PEERS / "node_ws" / "node_modules" / "ws").is_dir():
+        return "peers/node_ws/node_modules missing: run `make -C benchmarks deps`"
+    return None
+
+
+def wshub_command(session: Session) -> list[str]:
+    """`../.venv/bin/wshub serve`, or $BENCH_WSHUB_CMD (split on spaces)."""
+    custom = os.environ.get("BENCH_WSHUB_CMD")
+    if custom:
+        return custom.split()
+    return [str(session.venv_bin / "wshub"), "serve"]
+
+
+def _wshub_missing(store: str | None) -> Callable[[Session], str | None]:
+    def check(s: Session) -> str | None:
+        exe = wshub_command(s)[0]
+        if shutil.which(exe) is None and not Path(exe).is_file():
+            return f"{exe} not found (the wshub server is not installed in this venv yet)"
+        if store == "redis" and shutil.which("redis-server") is None:
+            return "redis-server not found (apt-get install redis-server)"
+        return None
+
+    return check
+
+
+def _wshub_env(store: str | None) -> Callable[[Session, int, Path], dict[str, str]]:
+    def env(s: Session, port: int, run_dir: Path) -> dict[str, str]:
+        e = {
+            "WS_HOST": "127.0.0.1",
+            "WS_PORT": str(port),
+            "WS_JWT_SECRET": s.jwt_secret,
+            "WS_STORE_URL": "memory://",
+            "WS_LOG_LEVEL": "warning",
+            # the load is the point: no per-connection rate limit, quick shutdown
+            "WS_RATE_LIMIT": "1000000",
+            "WS_RATE_BURST": "1000000",
+            "WS_SHUTDOWN_TIMEOUT": "1000",
+        }
+        if store == "sqlite":
+            e["WS_STORE_URL"] = f"sqlite:///{run_dir / 'bench.db'}"
+        # redis: the URL of the throwaway redis-server is set by ServerProcess
+        return e
+
+    return env
+
+
+def build_servers() -> list[Server]:
+    def wshub(key: str, label: str, store: str | None, only_store: bool) -> Server:
+        return Server(
+            key=key,
+            label=label,
+            argv=lambda s, port, d: wshub_command(s),
+            env=_wshub_env(store),
+            wshub=True,
+            store=store,
+            only_store_heavy=only_store,
+            missing=_wshub_missing(store),
+        )
+
+    return [
+        Server("picows", "picows (uvloop), send per subscriber", _py("picows_server.py"),
+               missing=_importable("picows", "uvloop", "orjson")),
+        Server("node-ws", "node-ws", lambda s, port, d: ["node", str(PEERS / "node_ws" / "server.js"), str(port)],
+               missing=_node_missing),
+        Server("starlette", "Starlette naive, uvicorn (ws=websockets-sansio)", _py("starlette_naive.py"),
+               missing=_importable("starlette", "uvicorn", "orjson")),
+        Server("socketio", "python-socketio, uvicorn (Socket.IO frames)", _py("socketio_server.py"),
+               sio=True, missing=_importable("socketio", "uvicorn")),
+        wshub("wshub", "wshub (memory store)", None, False),
+        wshub("wshub-sqlite", "wshub, history in SQLite", "sqlite", True),
+        wshub("wshub-redis", "wshub, history in Redis", "redis", True),
+    ]
