@@ -64,9 +64,7 @@ async def test_fastapi_example_notifies_a_user_from_a_rest_route(
             # the app's own message type
             await ws.send(_json({"type": "subscribe", "payload": {"channel": "room"}}))
             assert (await _recv(ws))["type"] == "subscribed"
-            await ws.send(
-                orjson.dumps({"type": "typing", "payload": {"channel": "room"}, "id": "t"})
-            )
+            await ws.send(_json({"type": "typing", "payload": {"channel": "room"}, "id": "t"}))
             msg = await _recv(ws)
             assert msg["type"] == "message"
             assert msg["payload"]["data"] == {"typing": "alice", "active": True}  # type: ignore[index]
