@@ -17,7 +17,12 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.lock
 	$(BIN)/pip install -q --disable-pip-version-check -r requirements-dev.lock
 	touch $@
 
-run: $(VENV)/.runtime
+# A development .env with random secrets, written once; never overwritten.
+.env:
+	@$(PYTHON) -c "import secrets; print(f'WS_JWT_SECRET={secrets.token_hex(32)}\nWS_API_KEY={secrets.token_hex(16)}')" > $@
+	@echo "wrote .env with a random WS_JWT_SECRET and WS_API_KEY"
+
+run: $(VENV)/.runtime .env
 	$(BIN)/wshub serve
 
 lint: $(VENV)/.dev
