@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     allowed_origins: Annotated[list[str], NoDecode] = []
 
     # Storage and fan-out.
-    store_url: str = "memory://"
+    store_url: str = "sqlite:///./wshub.db"
     broker_url: str = "memory://"
     history_size: int = Field(100, ge=0, description="messages kept per channel")
     history_ttl: float = Field(3600.0, gt=0, description="seconds a channel message is kept")

@@ -21,6 +21,13 @@ def create_store(url: str) -> Store:
         from .stores.memory import MemoryStore
 
         return MemoryStore()
+    if url.startswith("sqlite://"):
+        from .stores.sqlite import SQLiteStore, path_from_url
+
+        try:
+            return SQLiteStore(path_from_url(url))
+        except ValueError as exc:
+            raise ConfigError(f"WS_STORE_URL: {exc}") from None
     raise ConfigError(f"WS_STORE_URL: no store for {url!r} yet")
 
 

@@ -124,3 +124,22 @@ async def test_the_ws_path_answers_plain_http_with_426(server: TestServer) -> No
     async with httpx.AsyncClient(timeout=5) as client:
         r = await client.get(server.http + "/ws")
     assert r.status_code == 426 and r.headers["upgrade"] == "websocket"
+
+
+async def test_history_pages_with_since_and_limit(
+    server: TestServer, api: httpx.AsyncClient
+) -> None:
+    for i in range(5):
+        await server.hub.publish("paged", i)
+    since, seen = 0, []
+    while True:
+        page = (
+            await api.get("/api/channels/paged/history", params={"since": since, "limit": 2})
+        ).json()
+        if not page["publications"]:
+            break
+        seen += [p["data"] for p in page["publications"]]
+        since = page["publications"][-1]["offset"]
+    assert seen == [0, 1, 2, 3, 4]
+    r = await api.get("/api/channels/paged/history", params={"limit": 0})
+    assert r.status_code == 422

@@ -107,3 +107,23 @@ async def test_application_handlers_get_validated_payloads_and_reply(server: Tes
         assert (await anon.request("typing", {"channel": "room"}))["payload"]["code"] == (
             "not_authenticated"
         )
+
+
+async def test_an_abrupt_drop_leaves_presence(server: TestServer) -> None:
+    from ..rawws import OP_TEXT, RawWS
+
+    room = "presence-drop"
+    async with server.connect(user="ann") as ann:
+        await ann.expect("welcome")
+        await ann.expect("authenticated")
+        await ann.request("subscribe", {"channel": room})
+        await ann.expect("presence_join")
+        raw = await RawWS.connect(
+            server.host, server.port, headers={"Authorization": f"Bearer {server.token('bob')}"}
+        )
+        raw.send_text('{"type":"subscribe","payload":{"channel":"presence-drop"}}')
+        assert (await ann.expect("presence_join"))["payload"]["userId"] == "bob"
+        assert await raw.recv_until(OP_TEXT)  # welcome
+        raw.writer.transport.abort()  # no close frame: the TCP connection just ends
+        assert (await ann.expect("presence_leave"))["payload"]["userId"] == "bob"
+        assert (await ann.request("presence", {"channel": room}))["payload"]["users"] == ["ann"]

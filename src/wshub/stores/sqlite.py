@@ -1,0 +1,302 @@
+"""A durable :class:`~wshub.interfaces.Store` in one SQLite file (WAL mode).
+
+All SQL runs on one writer thread that owns the connection, so the event loop never blocks on
+the disk. The thread takes every operation queued since its last turn and runs them in one
+transaction: a burst of publications costs one commit (and one fsync), not one each. An
+operation's future resolves only after its transaction committed, so when ``append`` returns the
+message survives a crash of the process (``synchronous=FULL``: also a power loss).
+
+Operations run in the order they were submitted, and their futures resolve in that order, so
+offsets come back to the hub in the order they were assigned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import BackendUnavailable
+from ..interfaces import Retention
+from ..types import StoredMessage, StreamPosition
+
+__all__ = ["SQLiteStore", "path_from_url"]
+
+logger = logging.getLogger("wshub.stores.sqlite")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS streams (
+    name    TEXT PRIMARY KEY,
+    top     INTEGER NOT NULL,          -- offset of the latest message ever appended
+    epoch   TEXT NOT NULL,
+    cursor  INTEGER NOT NULL DEFAULT 0 -- handed to a live connection up to here
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS messages (
+    stream  TEXT NOT NULL,
+    offset  INTEGER NOT NULL,
+    expires REAL,                      -- unix time after which retention drops it
+    data    BLOB NOT NULL,
+    PRIMARY KEY (stream, offset)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS messages_expires ON messages (expires) WHERE expires IS NOT NULL;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+"""
+
+_Op = Callable[[sqlite3.Connection], Any]
+#: (future, value, exception): how one operation ended, settled on the event loop.
+_Result = tuple[asyncio.Future[Any], Any, BaseException | None]
+_STOP = object()
+
+
+def path_from_url(url: str) -> str:
+    """``sqlite:///./wshub.db`` → ``./wshub.db``; ``sqlite:////var/x.db`` → ``/var/x.db``."""
+    if not url.startswith("sqlite://"):
+        raise ValueError(f"not a sqlite URL: {url!r}")
+    rest = url[len("sqlite://") :]
+    if not rest.startswith("/") or rest == "/":
+        raise ValueError(f"sqlite URL needs a path, as in sqlite:///./wshub.db: {url!r}")
+    return rest[1:].split("?", 1)[0]
+
+
+class SQLiteStore:
+    """Streams, history and delivery cursors in SQLite.
+
+    ``sweep_interval`` seconds between deletions of expired messages (retention by age).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        sweep_interval: float = 30.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = str(path)
+        self._clock = clock
+        self._sweep_interval = sweep_interval
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._failed: BaseException | None = None
+        # One epoch per database file: a lost or replaced file means new epochs everywhere.
+        self.epoch = ""
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        ready: asyncio.Future[Any] = self._loop.create_future()
+        self._thread = threading.Thread(
+            target=self._run, args=(ready,), name="wshub-sqlite", daemon=True
+        )
+        self._thread.start()
+        await ready
+        self._sweeper = asyncio.create_task(self._sweep_forever())
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        thread = self._thread
+        if thread is None:
+            return
+        self._queue.put(_STOP)
+        await asyncio.to_thread(thread.join)
+        self._thread = None
+
+    # -- Store -----------------------------------------------------------------------------
+
+    async def append(self, stream: str, data: bytes, retention: Retention) -> StreamPosition:
+        expires = None if retention.ttl is None else self._clock() + retention.ttl
+        size = retention.size
+
+        def op(db: sqlite3.Connection) -> StreamPosition:
+            row = db.execute("SELECT top, epoch FROM streams WHERE name = ?", (stream,)).fetchone()
+            if row is None:
+                offset, epoch = 1, self.epoch
+                db.execute(
+                    "INSERT INTO streams (name, top, epoch) VALUES (?, ?, ?)",
+                    (stream, offset, epoch),
+                )
+            else:
+                offset, epoch = row[0] + 1, row[1]
+                db.execute("UPDATE streams SET top = ? WHERE name = ?", (offset, stream))
+            if size != 0:
+                db.execute(
+                    "INSERT INTO messages (stream, offset, expires, data) VALUES (?, ?, ?, ?)",
+                    (stream, offset, expires, data),
+                )
+                if size is not None and offset > size:
+                    db.execute(
+                        "DELETE FROM messages WHERE stream = ? AND offset <= ?",
+                        (stream, offset - size),
+                    )
+            return StreamPosition(offset, epoch)
+
+        result: StreamPosition = await self._submit(op)
+        return result
+
+    async def read(
+        self, stream: str, since: int, limit: int | None = None
+    ) -> tuple[Sequence[StoredMessage], StreamPosition]:
+        now = self._clock()
+
+        def op(db: sqlite3.Connection) -> tuple[list[StoredMessage], StreamPosition]:
+            pos = self._position(db, stream)
+            rows = db.execute(
+                "SELECT offset, data FROM messages WHERE stream = ? AND offset > ?"
+                " AND (expires IS NULL OR expires >= ?) ORDER BY offset LIMIT ?",
+                (stream, since, now, -1 if limit is None else limit),
+            ).fetchall()
+            return [StoredMessage(o, bytes(d)) for o, d in rows], pos
+
+        result: tuple[list[StoredMessage], StreamPosition] = await self._submit(op)
+        return result
+
+    async def position(self, stream: str) -> StreamPosition:
+        result: StreamPosition = await self._submit(lambda db: self._position(db, stream))
+        return result
+
+    async def cursor(self, stream: str) -> int:
+        def op(db: sqlite3.Connection) -> int:
+            row = db.execute("SELECT cursor FROM streams WHERE name = ?", (stream,)).fetchone()
+            return int(row[0]) if row else 0
+
+        result: int = await self._submit(op)
+        return result
+
+    async def advance_cursor(self, stream: str, offset: int) -> None:
+        def op(db: sqlite3.Connection) -> None:
+            db.execute(
+                "UPDATE streams SET cursor = ? WHERE name = ? AND cursor < ? AND top >= ?",
+                (offset, stream, offset, offset),
+            )
+
+        await self._submit(op)
+
+    async def sweep(self) -> int:
+        """Delete messages past their retention age now; returns how many."""
+        now = self._clock()
+
+        def op(db: sqlite3.Connection) -> int:
+            return db.execute(
+                "DELETE FROM messages WHERE expires IS NOT NULL AND expires < ?", (now,)
+            ).rowcount
+
+        result: int = await self._submit(op)
+        return result
+
+    def _position(self, db: sqlite3.Connection, stream: str) -> StreamPosition:
+        row = db.execute("SELECT top, epoch FROM streams WHERE name = ?", (stream,)).fetchone()
+        if row is None:  # never written: it will get the database's epoch
+            return StreamPosition(0, self.epoch)
+        return StreamPosition(int(row[0]), str(row[1]))
+
+    # -- the writer thread -----------------------------------------------------------------
+
+    async def _submit(self, op: _Op) -> Any:
+        if self._thread is None or self._loop is None:
+            raise BackendUnavailable("the SQLite store is not started")
+        if self._failed is not None:
+            raise BackendUnavailable(f"the SQLite store failed: {self._failed}")
+        future = self._loop.create_future()
+        self._queue.put((op, future))
+        return await future
+
+    def _run(self, ready: asyncio.Future[Any]) -> None:
+        loop = self._loop
+        assert loop is not None
+        try:
+            db = self._open()
+        except BaseException as exc:
+            self._failed = exc
+            failed: list[_Result] = [(ready, None, exc)]
+            loop.call_soon_threadsafe(_settle, failed)
+            return
+        opened: list[_Result] = [(ready, None, None)]
+        loop.call_soon_threadsafe(_settle, opened)
+        try:
+            while True:
+                batch = [self._queue.get()]
+                while True:  # everything else already waiting joins this transaction
+                    try:
+                        batch.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+                stop = any(item is _STOP for item in batch)
+                jobs = [item for item in batch if item is not _STOP]
+                if jobs:
+                    loop.call_soon_threadsafe(_settle, self._execute(db, jobs))
+                if stop:
+                    break
+        finally:
+            db.close()
+
+    def _execute(
+        self, db: sqlite3.Connection, jobs: list[tuple[_Op, asyncio.Future[Any]]]
+    ) -> list[_Result]:
+        results: list[_Result] = []
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for op, future in jobs:
+                try:
+                    db.execute("SAVEPOINT op")
+                    results.append((future, op(db), None))
+                    db.execute("RELEASE op")
+                except sqlite3.Error as exc:
+                    db.execute("ROLLBACK TO op")
+                    db.execute("RELEASE op")
+                    results.append((future, None, BackendUnavailable(f"SQLite: {exc}")))
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:  # the commit itself failed: nothing in the batch happened
+            logger.error("SQLite transaction failed: %s", exc)
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            error = BackendUnavailable(f"SQLite: {exc}")
+            return [(future, None, error) for _, future in jobs]
+        return results
+
+    def _open(self) -> sqlite3.Connection:
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA busy_timeout=5000")
+        db.executescript(_SCHEMA)
+        row = db.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+        if row is None:
+            self.epoch = uuid.uuid4().hex[:12]
+            db.execute("INSERT INTO meta (key, value) VALUES ('epoch', ?)", (self.epoch,))
+        else:
+            self.epoch = str(row[0])
+        return db
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._sweep_interval)
+            try:
+                removed = await self.sweep()
+                if removed:
+                    logger.debug("retention removed %d expired message(s)", removed)
+            except BackendUnavailable as exc:
+                logger.warning("retention sweep failed: %s", exc)
+
+
+def _settle(results: list[_Result]) -> None:
+    for future, value, exc in results:
+        if future.done():  # the awaiting task was cancelled
+            continue
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(value)
