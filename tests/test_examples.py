@@ -88,3 +88,25 @@ async def test_starlette_example_broadcasts(monkeypatch: pytest.MonkeyPatch) -> 
             msg = await _recv(ws)
             assert msg["type"] == "system_message"
             assert msg["payload"]["message"] == "deploy done"  # type: ignore[index]
+
+
+async def test_django_example_serves_views_and_the_hub_side_by_side(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DJANGO_SETTINGS_MODULE", "examples.django_project.settings")
+    for mod in [m for m in sys.modules if m.startswith("examples.django_project")]:
+        sys.modules.pop(mod)
+    module = _load("django_project.asgi", monkeypatch)
+    async with serve_asgi(module.application) as port:
+        token = issue_token("dora", SECRET)
+        async with (
+            websockets.connect(f"ws://127.0.0.1:{port}/ws?token={token}") as ws,
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http,
+        ):
+            assert (await _recv(ws))["type"] == "welcome"
+            assert (await _recv(ws))["type"] == "authenticated"
+            r = await http.post("/notify/dora", json={"title": "T", "message": "from Django"})
+            assert r.json() == {"delivered": True, "queued": False}
+            note = await _recv(ws)
+            assert note["type"] == "notification"
+            assert note["payload"]["message"] == "from Django"  # type: ignore[index]

@@ -13,7 +13,7 @@ then call ``await hub.send_to_user(...)``, ``hub.publish(...)``, ``hub.notify_us
 your routes, and register your own message types with ``@hub.on("type")``.
 """
 
-from .asgi import WebSocketApp
+from .asgi import HubMiddleware, WebSocketApp
 from .config import Settings
 from .core.hub import Delivery, Hub
 from .core.session import Context, Session
@@ -35,6 +35,7 @@ __all__ = [
     "Delivery",
     "Forbidden",
     "Hub",
+    "HubMiddleware",
     "InvalidMessage",
     "NotAuthenticated",
     "NotFound",

@@ -25,7 +25,7 @@ from .errors import AuthFailed
 from .protocol import CloseCode, Frame
 from .types import Principal
 
-__all__ = ["ASGIConnection", "WebSocketApp"]
+__all__ = ["ASGIConnection", "HubMiddleware", "WebSocketApp"]
 
 logger = logging.getLogger("wshub.asgi")
 
@@ -151,6 +151,63 @@ class WebSocketApp:
                 await asyncio.wait_for(writer, settings.shutdown_timeout / 1000 + 1)
             except (TimeoutError, asyncio.CancelledError):
                 writer.cancel()
+
+
+class HubMiddleware:
+    """Put the hub in front of any ASGI app: WebSocket requests for ``path`` go to the hub,
+    everything else to ``app``, and the ASGI lifespan starts and stops the hub.
+
+    For apps without lifespan support (Django), pass ``forward_lifespan=False``: the middleware
+    answers the lifespan protocol itself instead of passing it on::
+
+        application = HubMiddleware(get_asgi_application(), hub, forward_lifespan=False)
+    """
+
+    def __init__(
+        self, app: Any, hub: Hub, *, path: str | None = None, forward_lifespan: bool = True
+    ) -> None:
+        self.app = app
+        self.hub = hub
+        self.path = path or hub.settings.path
+        self.endpoint = WebSocketApp(hub)
+        self.forward_lifespan = forward_lifespan
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "websocket" and scope["path"] == self.path:
+            await self.endpoint(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        hub = self.hub
+        if self.forward_lifespan:
+
+            async def receive_and_run_hub() -> Message:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await hub.start()
+                elif message["type"] == "lifespan.shutdown":
+                    await hub.stop()
+                return message
+
+            await self.app(scope, receive_and_run_hub, send)
+            return
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await hub.start()
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await hub.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
 
 
 def _handshake_token(scope: Scope, headers: dict[str, str]) -> str | None:

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-__all__ = ["Settings"]
+__all__ = ["RetentionSpec", "Settings"]
+
+
+class RetentionSpec(BaseModel):
+    """History kept for the channels a pattern names: ``size`` messages, ``ttl`` seconds."""
+
+    size: int | None = Field(None, ge=0)
+    ttl: float | None = Field(None, gt=0)
 
 
 class Settings(BaseSettings):
@@ -54,6 +61,10 @@ class Settings(BaseSettings):
     history_ttl: float = Field(3600.0, gt=0, description="seconds a channel message is kept")
     inbox_size: int = Field(1000, ge=0, description="messages kept per user stream")
     inbox_ttl: float = Field(7 * 86400.0, gt=0, description="seconds a user message is kept")
+    channel_retention: dict[str, RetentionSpec] = Field(
+        default_factory=dict,
+        description="per-channel history, JSON: {name or prefix*: {size, ttl}}",
+    )
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

@@ -88,3 +88,22 @@ async def test_resume_reports_what_retention_lost(server_factory: object) -> Non
             assert other_epoch["payload"]["recovered"] is False
             ahead = await ws.request("subscribe", {"channel": "feed3", "since": 7})
             assert ahead["payload"]["recovered"] is False and ahead["payload"]["offset"] == 0
+
+
+async def test_retention_can_differ_per_channel_pattern(server_factory: object) -> None:
+    overrides = {"chat-*": {"size": 2}, "chat-vip": {"size": 4}, "ticker": {"size": 0}}
+    async with server_factory(history_size=3, channel_retention=overrides) as server:  # type: ignore[operator]
+        hub = server.hub
+        for channel in ("news", "chat-1", "chat-vip", "ticker"):
+            for i in range(6):
+                await hub.publish(channel, i)
+        kept = {
+            channel: [m["data"] for m in (await hub.history(channel))[0]]
+            for channel in ("news", "chat-1", "chat-vip", "ticker")
+        }
+        assert kept == {
+            "news": [3, 4, 5],
+            "chat-1": [4, 5],
+            "chat-vip": [2, 3, 4, 5],
+            "ticker": [],
+        }

@@ -128,6 +128,9 @@ class Hub:
         s = self.settings
         self._history = Retention(size=s.history_size, ttl=s.history_ttl)
         self._inbox = Retention(size=s.inbox_size, ttl=s.inbox_ttl)
+        self._retention: dict[str, Retention] = {}
+        for pattern, spec in s.channel_retention.items():
+            self.set_retention(pattern, size=spec.size, ttl=spec.ttl)
         from .handlers import register_builtin_handlers
 
         register_builtin_handlers(self.router)
@@ -224,6 +227,29 @@ class Hub:
         self._publish_hook = hook
         return hook
 
+    def set_retention(
+        self, pattern: str, *, size: int | None = None, ttl: float | None = None
+    ) -> None:
+        """History for the channel ``pattern`` names (``chat-*``: every channel starting with
+        ``chat-``), instead of ``WS_HISTORY_SIZE`` / ``WS_HISTORY_TTL``. ``None`` keeps the
+        default for that bound. The longest matching pattern wins."""
+        self._retention[pattern] = Retention(
+            size=self._history.size if size is None else size,
+            ttl=self._history.ttl if ttl is None else ttl,
+        )
+        # Longest first, so that the first match is the most specific one.
+        self._retention = dict(sorted(self._retention.items(), key=lambda kv: -len(kv[0])))
+
+    def retention_for(self, channel: str) -> Retention:
+        if self._retention:
+            exact = self._retention.get(channel)
+            if exact is not None:
+                return exact
+            for pattern, retention in self._retention.items():
+                if pattern.endswith("*") and channel.startswith(pattern[:-1]):
+                    return retention
+        return self._history
+
     # -- application API -------------------------------------------------------------------
 
     async def publish(self, channel: str, data: JSON, *, sender: str | None = None) -> int:
@@ -233,7 +259,7 @@ class Hub:
             {"channel": channel, "data": data, "timestamp": now_ms(), "from": sender}
         )
         key = channel_key(channel)
-        pos = await self.store.append(key, body, self._history)
+        pos = await self.store.append(key, body, self.retention_for(channel))
         frame = Frame(message_envelope(body, pos.offset))
         self.stats.publications += 1
         self._fanout(key, channel, pos.offset, frame)
