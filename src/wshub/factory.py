@@ -11,9 +11,15 @@ from typing import Any
 from .config import Settings
 from .core.hub import Hub
 from .errors import ConfigError
-from .interfaces import Authenticator, Broker, Store
+from .interfaces import Authenticator, Broker, Presence, Store
 
-__all__ = ["create_authenticator", "create_broker", "create_hub", "create_store"]
+__all__ = [
+    "create_authenticator",
+    "create_broker",
+    "create_hub",
+    "create_presence",
+    "create_store",
+]
 
 
 def create_store(url: str) -> Store:
@@ -37,6 +43,15 @@ def create_broker(url: str) -> Broker:
 
         return MemoryBroker()
     raise ConfigError(f"WS_BROKER_URL: no broker for {url!r} yet")
+
+
+def create_presence(url: str) -> Presence:
+    """Presence lives where fan-out goes: in memory for one node, in Redis for a cluster."""
+    if url.startswith("memory://"):
+        from .presence.memory import MemoryPresence
+
+        return MemoryPresence()
+    raise ConfigError(f"WS_BROKER_URL: no presence for {url!r} yet")
 
 
 def create_authenticator(settings: Settings) -> Authenticator | None:
@@ -70,5 +85,6 @@ def create_hub(settings: Settings | None = None, **overrides: Any) -> Hub:
     settings = settings if settings is not None else Settings()
     overrides.setdefault("store", create_store(settings.store_url))
     overrides.setdefault("broker", create_broker(settings.broker_url))
+    overrides.setdefault("presence", create_presence(settings.broker_url))
     overrides.setdefault("authenticator", create_authenticator(settings))
     return Hub(settings, **overrides)

@@ -21,6 +21,7 @@ __all__ = [
     "Broker",
     "BrokerHandler",
     "Connection",
+    "Presence",
     "Retention",
     "Store",
 ]
@@ -115,6 +116,37 @@ class Broker(Protocol):
     async def subscribe(self, topic: str) -> None: ...
 
     async def unsubscribe(self, topic: str) -> None: ...
+
+
+class Presence(Protocol):
+    """Who is connected, and who is in which presence channel, across every node.
+
+    Entries are keyed by connection (``conn_id`` is unique cluster-wide) and belong to the node
+    that added them. Guarantees:
+
+    - Reads count only entries of live nodes: a node that has not been heard from for
+      ``node_ttl`` seconds (it calls nothing, its heartbeat stopped: killed, partitioned) is gone,
+      and so are its entries, with nobody cleaning up by hand.
+    - ``join`` returns True when the connection is the user's first in the channel, cluster-wide;
+      ``leave`` returns True when it was the user's last one.
+    - ``close`` removes every entry of this node.
+    """
+
+    async def start(self, node_id: str) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def connect(self, user_id: str, conn_id: str) -> None: ...
+
+    async def disconnect(self, user_id: str, conn_id: str) -> None: ...
+
+    async def connections(self, user_id: str) -> int: ...
+
+    async def join(self, channel: str, user_id: str, conn_id: str) -> bool: ...
+
+    async def leave(self, channel: str, user_id: str, conn_id: str) -> bool: ...
+
+    async def members(self, channel: str) -> list[str]: ...
 
 
 class Authenticator(Protocol):

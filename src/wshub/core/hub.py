@@ -21,7 +21,15 @@ import orjson
 
 from ..config import Settings
 from ..errors import AuthFailed, Forbidden, NotAuthenticated
-from ..interfaces import Authenticator, Broker, ChannelHook, Connection, Retention, Store
+from ..interfaces import (
+    Authenticator,
+    Broker,
+    ChannelHook,
+    Connection,
+    Presence,
+    Retention,
+    Store,
+)
 from ..protocol import RESERVED_TYPES, CloseCode, Frame, encode, now_ms, with_offset
 from ..types import JSON, ConnectionId, JSONObject, Principal, StoredMessage, StreamPosition, UserId
 from .permissions import ChannelKind, channel_kind, claim_grants
@@ -101,12 +109,14 @@ class Hub:
         *,
         store: Store,
         broker: Broker,
+        presence: Presence,
         authenticator: Authenticator | None = None,
         overflow: OverflowPolicy = "disconnect",
     ) -> None:
         self.settings = settings
         self.store = store
         self.broker = broker
+        self.presence_registry = presence
         self.authenticator: Authenticator = authenticator or _RefuseAll()
         self.overflow: OverflowPolicy = overflow
         self.node_id = uuid.uuid4().hex[:12]
@@ -115,7 +125,6 @@ class Hub:
         self.sessions: dict[ConnectionId, Session] = {}
         self._users: dict[UserId, set[Session]] = {}
         self._channels: dict[str, set[Session]] = {}
-        self._presence: dict[str, dict[UserId, int]] = {}
         self._subscribe_hooks: list[ChannelHook] = []
         self._publish_hook: ChannelHook | None = None
         self._seq = itertools.count(1)
@@ -141,6 +150,7 @@ class Hub:
         if self._started:
             return
         await self.store.start()
+        await self.presence_registry.start(self.node_id)
         await self.broker.start(self._on_broker_message)
         await self.broker.subscribe(BROADCAST_TOPIC)
         self._started = True
@@ -154,7 +164,9 @@ class Hub:
             return
         self._stopping = True
         await self.drain(timeout)
+        await self._settle_tasks()
         await self.broker.close()
+        await self.presence_registry.close()
         await self.store.close()
         self._started = False
         logger.info("hub %s stopped", self.node_id)
@@ -278,10 +290,13 @@ class Hub:
         pos = await self.store.append(key, envelope, self._inbox)
         frame = Frame(with_offset(envelope, pos.offset))
         self.stats.user_messages += 1
-        delivered = self._deliver_user(uid, key, pos.offset, frame)
+        local = self._deliver_user(uid, key, pos.offset, frame)
         await self.broker.publish(key, _offset_header.pack(pos.offset) + frame.data)
-        if delivered:
+        if local:
             await self.store.advance_cursor(key, pos.offset)
+            delivered = True
+        else:  # a node holding a connection of the user delivers it (and moves the cursor)
+            delivered = await self.presence_registry.connections(uid) > 0
         return Delivery(delivered=delivered, queued=not delivered, offset=pos.offset)
 
     async def notify_user(
@@ -304,10 +319,17 @@ class Hub:
         return count
 
     async def is_user_connected(self, user_id: str) -> bool:
-        """Whether the user has at least one live connection."""
-        return bool(self._users.get(UserId(user_id)))
+        """Whether the user has at least one live connection, on any node."""
+        if self._users.get(UserId(user_id)):
+            return True
+        return await self.presence_registry.connections(user_id) > 0
+
+    async def user_connections(self, user_id: str) -> int:
+        """How many live connections the user has, on every node."""
+        return await self.presence_registry.connections(user_id)
 
     def connection_count(self, user_id: str) -> int:
+        """The user's live connections on this node."""
         return len(self._users.get(UserId(user_id), ()))
 
     def sessions_of(self, user_id: str) -> Sequence[Session]:
@@ -316,7 +338,7 @@ class Hub:
 
     async def presence(self, channel: str) -> list[UserId]:
         """Users with at least one connection subscribed to a ``presence-…`` channel."""
-        return list(self._presence.get(channel, {}))
+        return [UserId(u) for u in await self.presence_registry.members(channel)]
 
     async def history(
         self, channel: str, since: int = 0, limit: int | None = None
@@ -400,6 +422,7 @@ class Hub:
                 if not users:
                     del self._users[uid]
                     self._spawn(self.broker.unsubscribe(user_key(uid)))
+            self._spawn(self.presence_registry.disconnect(uid, session.id))
         self.stats.connections_closed += 1
         session.log.debug("disconnected")
         if not self.sessions:
@@ -439,6 +462,7 @@ class Hub:
             self._spawn(self.broker.subscribe(key))
         users.add(session)
         try:
+            await self.presence_registry.connect(uid, session.id)
             start = since if since is not None else await self.store.cursor(key)
             messages, pos, recovered = await self._read_gap(key, start, epoch, since is not None)
         except BaseException:
@@ -492,7 +516,7 @@ class Hub:
         session.send("subscribed", payload, id=msg_id)
         self._replay(session, key, pos, messages, message_envelope)
         if not already and channel_kind(channel) is ChannelKind.PRESENCE:
-            self._presence_join(channel, session)
+            await self._presence_join(channel, session)
 
     def unsubscribe(self, session: Session, channel: str) -> bool:
         """Remove a subscription; False when the connection was not subscribed."""
@@ -617,26 +641,15 @@ class Hub:
                 del self._channels[channel]
                 self._spawn(self.broker.unsubscribe(channel_key(channel)))
         if channel_kind(channel) is ChannelKind.PRESENCE and session.user_id is not None:
-            self._presence_leave(channel, session.user_id)
+            self._spawn(self._presence_leave(channel, session.user_id, session.id))
 
-    def _presence_join(self, channel: str, session: Session) -> None:
+    async def _presence_join(self, channel: str, session: Session) -> None:
         uid = session.user_id
-        if uid is None:
-            return
-        users = self._presence.setdefault(channel, {})
-        users[uid] = users.get(uid, 0) + 1
-        if users[uid] == 1:
+        if uid is not None and await self.presence_registry.join(channel, uid, session.id):
             self._channel_event(channel, "presence_join", {"channel": channel, "userId": uid})
 
-    def _presence_leave(self, channel: str, uid: UserId) -> None:
-        users = self._presence.get(channel)
-        if not users or uid not in users:
-            return
-        users[uid] -= 1
-        if users[uid] <= 0:
-            del users[uid]
-            if not users:
-                del self._presence[channel]
+    async def _presence_leave(self, channel: str, uid: UserId, conn_id: str) -> None:
+        if await self.presence_registry.leave(channel, uid, conn_id):
             self._channel_event(channel, "presence_leave", {"channel": channel, "userId": uid})
 
     def _auth_payload(
@@ -679,8 +692,13 @@ class Hub:
             else:
                 for s in list(self._channels.get(channel, ())):
                     s.send_frame(frame)
-        elif topic.startswith("u:"):
-            self._deliver_user(UserId(topic[2:]), topic, offset, frame)
+        elif topic.startswith("u:") and self._deliver_user(UserId(topic[2:]), topic, offset, frame):
+            self._spawn(self.store.advance_cursor(topic, offset))
+
+    async def _settle_tasks(self) -> None:
+        """Let background bookkeeping (presence, broker subscriptions) finish before closing."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     def _spawn(self, coro: Any) -> None:
         """Run a broker bookkeeping call in the background, keeping a reference until done."""

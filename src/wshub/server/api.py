@@ -116,8 +116,8 @@ def build_api_router(hub: Hub) -> APIRouter:
 
     @router.get("/users/{user_id}", summary="Whether a user is online")
     async def user_status(user_id: UserIdPath) -> UserStatus:
-        online = await hub.is_user_connected(user_id)
-        return UserStatus(userId=user_id, online=online, connections=hub.connection_count(user_id))
+        connections = await hub.user_connections(user_id)
+        return UserStatus(userId=user_id, online=connections > 0, connections=connections)
 
     @router.get("/channels/{channel:path}/presence", summary="Users in a presence channel")
     async def presence(channel: ChannelPath) -> PresenceResult:

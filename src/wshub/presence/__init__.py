@@ -1,0 +1,1 @@
+"""Presence implementations: ``memory`` (one process), ``redis`` (many nodes)."""
