@@ -30,17 +30,25 @@ def make_settings(**overrides: Any) -> Settings:
 ServerFactory = Callable[..., AbstractAsyncContextManager[TestServer]]
 
 
+@pytest.fixture(params=["native", "asgi"])
+def transport(request: pytest.FixtureRequest) -> str:
+    """Server-level tests run on both endpoints: wshub's native protocol and plain ASGI."""
+    param: str = request.param
+    return param
+
+
 @pytest.fixture
-def server_factory() -> ServerFactory:
+def server_factory(transport: str) -> ServerFactory:
     """``async with server_factory(rate_limit=5) as server: ...``"""
 
     def factory(**overrides: Any) -> AbstractAsyncContextManager[TestServer]:
+        overrides.setdefault("transport", transport)
         return run_server(make_settings(**overrides))
 
     return factory
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[TestServer]:
-    async with run_server(make_settings()) as s:
+async def server(transport: str) -> AsyncIterator[TestServer]:
+    async with run_server(make_settings(transport=transport)) as s:
         yield s

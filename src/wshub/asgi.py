@@ -15,13 +15,13 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
-from urllib.parse import parse_qs
 
 import orjson
 
 from .core.hub import Hub
 from .core.outbox import Outbox
 from .errors import AuthFailed
+from .handshake import handshake_token, origin_allowed
 from .protocol import CloseCode, Frame
 from .types import Principal
 
@@ -80,6 +80,10 @@ class WebSocketApp:
 
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
+        # Lets `uvicorn --ws wshub.native:HubProtocol` find the hub for its path.
+        from .native import register
+
+        register(hub)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -97,12 +101,11 @@ class WebSocketApp:
         if not hub.accepting:
             await _deny(scope, send, 503, "server is shutting down")
             return
-        origins = settings.allowed_origins
-        if origins and headers.get("origin") not in origins and "*" not in origins:
+        if not origin_allowed(settings, headers):
             await _deny(scope, send, 403, "origin not allowed")
             return
         principal: Principal | None = None
-        token = _handshake_token(scope, headers)
+        token = handshake_token(scope.get("query_string", b""), headers)
         if token:
             try:
                 principal = await hub.verify_token(token)
@@ -208,18 +211,6 @@ class HubMiddleware:
                 await hub.stop()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
-
-
-def _handshake_token(scope: Scope, headers: dict[str, str]) -> str | None:
-    auth = headers.get("authorization", "")
-    if auth[:7].lower() == "bearer ":
-        return auth[7:].strip() or None
-    query = scope.get("query_string", b"")
-    if query:
-        values = parse_qs(query.decode("latin-1")).get("token")
-        if values:
-            return str(values[0])
-    return None
 
 
 async def _deny(scope: Scope, send: Send, status: int, message: str) -> None:

@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     port: int = Field(5000, ge=0, le=65535)
     path: str = Field("/ws", pattern=r"^/[^\s?#]*$")
 
+    transport: Literal["native", "asgi"] = Field(
+        "native", description="how `wshub serve` runs the endpoint"
+    )
+
     # Authentication.
     jwt_secret: SecretStr | None = None
     jwt_algorithms: Annotated[list[str], NoDecode] = ["HS256"]

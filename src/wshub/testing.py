@@ -178,6 +178,6 @@ async def run_server(
     if hub is not None:
         hub.settings = settings
     app = create_app(settings, hub=hub)
-    config = uvicorn_config(app, settings, **uvicorn_options)
+    config = uvicorn_config(app, settings, app.state.hub, **uvicorn_options)
     async with serve_asgi(app, hub=app.state.hub, config=config):
         yield TestServer(app.state.hub, settings, "127.0.0.1", port)

@@ -13,6 +13,12 @@ from ..conftest import API_KEY
 
 
 @pytest.fixture
+def transport() -> str:
+    """This module tests what does not depend on the WebSocket endpoint: one transport is enough."""
+    return "native"
+
+
+@pytest.fixture
 async def api(server: TestServer) -> AsyncIterator[httpx.AsyncClient]:
     headers = {"Authorization": f"Bearer {API_KEY}"}
     async with httpx.AsyncClient(base_url=server.http, headers=headers, timeout=5) as client:

@@ -14,6 +14,12 @@ from wshub.testing import TestServer, run_server
 from ..conftest import make_settings
 
 
+@pytest.fixture
+def transport() -> str:
+    """This module tests what does not depend on the WebSocket endpoint: one transport is enough."""
+    return "native"
+
+
 @pytest.fixture(params=["memory", "sqlite"])
 async def durable_server(
     request: pytest.FixtureRequest, tmp_path: Path

@@ -49,13 +49,21 @@ class DrainingServer(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
-def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Config:
-    """The uvicorn settings that match the hub's: message size, heartbeat, shutdown timeout."""
+def uvicorn_config(
+    app: Any, settings: Settings, hub: Hub | None = None, **overrides: Any
+) -> uvicorn.Config:
+    """The uvicorn settings that match the hub's: message size, heartbeat, shutdown timeout,
+    and with ``WS_TRANSPORT=native`` (and a hub) wshub's own WebSocket protocol."""
     heartbeat = settings.heartbeat_interval / 1000
+    ws: Any = "websockets-sansio"
+    if settings.transport == "native" and hub is not None:
+        from ..native import protocol_for
+
+        ws = protocol_for(hub)
     options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
-        "ws": "websockets-sansio",
+        "ws": ws,
         "ws_max_size": settings.max_message_size,
         "ws_ping_interval": heartbeat,
         "ws_ping_timeout": heartbeat,
@@ -75,7 +83,7 @@ def serve(settings: Settings | None = None) -> None:
     settings = settings if settings is not None else Settings()
     app = create_app(settings)
     hub: Hub = app.state.hub
-    server = DrainingServer(uvicorn_config(app, settings), hub)
+    server = DrainingServer(uvicorn_config(app, settings, hub), hub)
     scheme = "ws"
     logger.info(
         "wshub listening on %s://%s:%d%s (store %s)",
