@@ -98,9 +98,6 @@ class WebSocketApp:
         settings = hub.settings
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
 
-        if not hub.accepting:
-            await _deny(scope, send, 503, "server is shutting down")
-            return
         if not origin_allowed(settings, headers):
             await _deny(scope, send, 403, "origin not allowed")
             return
@@ -112,14 +109,21 @@ class WebSocketApp:
             except AuthFailed as exc:
                 await _deny(scope, send, 401, exc.message)
                 return
+        client = scope.get("client")
+        refused = await hub.admit(client[0] if client else None, principal)
+        if refused is not None:
+            await _deny(scope, send, *refused)
+            return
 
         await send({"type": "websocket.accept"})
         conn = ASGIConnection(
             send, max_bytes=settings.outbox_max_bytes, max_frames=settings.outbox_max_messages
         )
-        client = scope.get("client")
         session = hub.open_session(
-            conn, remote=f"{client[0]}:{client[1]}" if client else None, headers=headers
+            conn,
+            remote=f"{client[0]}:{client[1]}" if client else None,
+            ip=client[0] if client else None,
+            headers=headers,
         )
         writer = asyncio.create_task(conn.run_writer())
         max_size = settings.max_message_size

@@ -38,12 +38,20 @@ class Settings(BaseSettings):
     jwt_secret: SecretStr | None = None
     jwt_algorithms: Annotated[list[str], NoDecode] = ["HS256"]
     jwt_public_key_file: str | None = None
+    jwt_jwks_url: str | None = None
+    jwt_jwks_cache: float = Field(300.0, gt=0, description="seconds a fetched JWKS is trusted")
+    jwt_jwks_cooldown: float = Field(30.0, ge=0, description="seconds between forced refreshes")
     jwt_audience: str | None = None
     jwt_issuer: str | None = None
     jwt_leeway: float = Field(30.0, ge=0, description="seconds of clock skew allowed")
     require_auth: bool = False
+    max_auth_attempts: int = Field(5, ge=1, description="failed authenticate per connection")
     auth_timeout: int = Field(10_000, gt=0)
     api_key: SecretStr | None = None
+
+    # TLS for the standalone server.
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
     # Liveness and shutdown.
     heartbeat_interval: int = Field(30_000, ge=100)
@@ -54,6 +62,8 @@ class Settings(BaseSettings):
     rate_limit: float = Field(20.0, gt=0, description="messages per second per connection")
     rate_burst: int = Field(40, ge=1)
     max_subscriptions: int = Field(200, ge=1)
+    max_connections_per_ip: int = Field(0, ge=0, description="0: no limit")
+    max_connections_per_user: int = Field(0, ge=0, description="0: no limit")
     outbox_max_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     outbox_max_messages: int = Field(10_000, ge=1)
     allowed_origins: Annotated[list[str], NoDecode] = []
@@ -87,6 +97,12 @@ class Settings(BaseSettings):
         if bad or not value:
             raise ValueError(f"unsupported algorithm(s) {bad}; choose from {sorted(allowed)}")
         return value
+
+    @model_validator(mode="after")
+    def _check_tls_pair(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("WS_TLS_CERT and WS_TLS_KEY must be set together")
+        return self
 
     @model_validator(mode="after")
     def _check_store_urls(self) -> Settings:

@@ -65,11 +65,14 @@ def create_authenticator(settings: Settings) -> Authenticator | None:
         except OSError as exc:
             raise ConfigError(f"WS_JWT_PUBLIC_KEY_FILE: cannot read it: {exc}") from None
     secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
-    if secret is None and public_key is None:
+    if secret is None and public_key is None and settings.jwt_jwks_url is None:
         return None
     return JWTAuthenticator(
         secret=secret,
         public_key=public_key,
+        jwks_url=settings.jwt_jwks_url,
+        jwks_cache=settings.jwt_jwks_cache,
+        jwks_cooldown=settings.jwt_jwks_cooldown,
         algorithms=settings.jwt_algorithms,
         audience=settings.jwt_audience,
         issuer=settings.jwt_issuer,

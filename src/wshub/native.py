@@ -250,9 +250,8 @@ class HubProtocol(asyncio.Protocol):
         headers = {k.lower(): v for k, v in request.headers.raw_items()}
         principal: Principal | None = None
         status, reason = 0, ""
-        if not hub.accepting:
-            status, reason = 503, "server is shutting down"
-        elif not origin_allowed(hub.settings, headers):
+        peer = self.transport.get_extra_info("peername")
+        if not origin_allowed(hub.settings, headers):
             status, reason = 403, "origin not allowed"
         else:
             query = request.path.partition("?")[2]
@@ -262,6 +261,10 @@ class HubProtocol(asyncio.Protocol):
                     principal = await hub.verify_token(token)
                 except AuthFailed as exc:
                     status, reason = 401, exc.message
+            if not status:
+                refused = await hub.admit(peer[0] if peer else None, principal)
+                if refused is not None:
+                    status, reason = refused
         if self.transport.is_closing():
             return
         response = ws.reject(status, reason) if status else ws.accept(request)
@@ -272,9 +275,10 @@ class HubProtocol(asyncio.Protocol):
             self._pump()
             self.transport.close()
             return
-        peer = self.transport.get_extra_info("peername")
         remote = f"{peer[0]}:{peer[1]}" if peer else None
-        session = hub.open_session(self, remote=remote, headers=headers)
+        session = hub.open_session(
+            self, remote=remote, ip=peer[0] if peer else None, headers=headers
+        )
         self._session = session
         _heartbeat_for(hub).add(self)
         self._pump()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -29,6 +30,9 @@ class JWTAuthenticator:
         *,
         secret: str | None = None,
         public_key: str | None = None,
+        jwks_url: str | None = None,
+        jwks_cache: float = 300.0,
+        jwks_cooldown: float = 30.0,
         algorithms: Sequence[str] = ("HS256",),
         audience: str | None = None,
         issuer: str | None = None,
@@ -41,19 +45,60 @@ class JWTAuthenticator:
             raise ConfigError("WS_JWT_ALGORITHMS: do not mix HMAC (HS*) and public-key algorithms")
         if hmac and not secret:
             raise ConfigError("WS_JWT_SECRET is required for HS* algorithms")
-        if asym and not public_key:
-            raise ConfigError("WS_JWT_PUBLIC_KEY_FILE is required for public-key algorithms")
+        if asym and not (public_key or jwks_url):
+            raise ConfigError(
+                "WS_JWT_PUBLIC_KEY_FILE or WS_JWT_JWKS_URL is required for public-key algorithms"
+            )
         self._key: Any = secret if hmac else public_key
+        self._jwks: jwt.PyJWKClient | None = None
+        if asym and jwks_url and not public_key:
+            # PyJWKClient caches the set and fetches it again for an unknown kid, at most once
+            # per cooldown, so tokens with made-up kids cannot make it hammer the key server.
+            self._jwks = jwt.PyJWKClient(
+                jwks_url,
+                cache_keys=True,
+                lifespan=int(jwks_cache),
+                cooldown_duration=jwks_cooldown,
+                timeout=5,
+            )
+        self._jwks_keys: dict[str, tuple[float, Any]] = {}
+        self._jwks_cache = jwks_cache
         self._algorithms = algorithms
         self._audience = audience
         self._issuer = issuer
         self._leeway = leeway
 
+    async def _signing_key(self, token: str) -> Any:
+        """The key to verify ``token`` with; from the JWKS by ``kid`` when one is configured.
+        A fetch runs in a thread so the event loop never waits on the network."""
+        if self._jwks is None:
+            return self._key
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+        except jwt.InvalidTokenError as exc:
+            raise AuthFailed(f"Invalid token: {exc}") from None
+        if not isinstance(kid, str):
+            raise AuthFailed("Invalid token: no 'kid' header to pick a key from the JWKS")
+        cached = self._jwks_keys.get(kid)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        try:
+            jwk = await asyncio.to_thread(self._jwks.get_signing_key, kid)
+        except jwt.PyJWKClientConnectionError:
+            raise AuthFailed("Cannot verify the token now: the key set is unreachable") from None
+        except jwt.PyJWKClientError:
+            raise AuthFailed(f"Invalid token: unknown signing key {kid!r}") from None
+        if len(self._jwks_keys) > 1000:  # kids are attacker-chosen: keep the cache bounded
+            self._jwks_keys.clear()
+        self._jwks_keys[kid] = (time.monotonic() + self._jwks_cache, jwk.key)
+        return jwk.key
+
     async def authenticate(self, token: str) -> Principal:
+        key = await self._signing_key(token)
         try:
             claims = jwt.decode(
                 token,
-                self._key,
+                key,
                 algorithms=self._algorithms,
                 audience=self._audience,
                 issuer=self._issuer,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from ..errors import NotFound
+from ..errors import AuthFailed, NotFound
 from ..protocol import (
     AuthenticatePayload,
     ChannelPayload,
@@ -29,7 +29,12 @@ async def ping(ctx: Context, payload: EmptyPayload) -> None:
 
 async def authenticate(ctx: Context, payload: AuthenticatePayload) -> None:
     """Authenticate the connection with a token; undelivered user messages follow."""
-    principal = await ctx.hub.verify_token(payload.token)
+    try:
+        principal = await ctx.hub.verify_token(payload.token)
+    except AuthFailed as exc:
+        ctx.session.send_error(exc.code, exc.message, id=ctx.id)
+        ctx.session.auth_failed()
+        return
     await ctx.hub.authenticate_session(
         ctx.session, principal, since=payload.since, epoch=payload.epoch, msg_id=ctx.id
     )

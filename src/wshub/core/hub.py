@@ -123,6 +123,7 @@ class Hub:
         self.router = Router()
         self.stats = HubStats()
         self.sessions: dict[ConnectionId, Session] = {}
+        self._per_ip: dict[str, int] = {}
         self._users: dict[UserId, set[Session]] = {}
         self._channels: dict[str, set[Session]] = {}
         self._subscribe_hooks: list[ChannelHook] = []
@@ -367,16 +368,37 @@ class Hub:
         """Verify a credential with the configured authenticator (raises ``AuthFailed``)."""
         return await self.authenticator.authenticate(token)
 
+    async def admit(self, ip: str | None, principal: Principal | None) -> tuple[int, str] | None:
+        """Whether a handshake may become a connection: ``None``, or the HTTP status and reason
+        to refuse it with (shutting down, too many connections from the address or user)."""
+        if not self.accepting:
+            return 503, "server is shutting down"
+        settings = self.settings
+        cap = settings.max_connections_per_ip
+        if cap and ip is not None and self._per_ip.get(ip, 0) >= cap:
+            return 429, "too many connections from this address"
+        if principal is not None and not await self._user_has_room(principal.user_id):
+            return 429, "too many connections for this user"
+        return None
+
+    async def _user_has_room(self, user_id: str) -> bool:
+        cap = self.settings.max_connections_per_user
+        return not cap or await self.presence_registry.connections(user_id) < cap
+
     def open_session(
         self,
         conn: Connection,
         *,
         remote: str | None = None,
+        ip: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> Session:
         """Register a newly accepted connection. Call :meth:`start_session` next."""
         conn_id = ConnectionId(f"{self.node_id}-{next(self._seq)}")
         session = Session(self, conn, id=conn_id, remote=remote, headers=headers)
+        session.ip = ip
+        if ip is not None:
+            self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
         self.sessions[conn_id] = session
         self._idle.clear()
         self.stats.connections_opened += 1
@@ -409,6 +431,13 @@ class Hub:
         session.open = False
         if self.sessions.pop(session.id, None) is None:
             return
+        ip = session.ip
+        if ip is not None:
+            left = self._per_ip.get(ip, 1) - 1
+            if left > 0:
+                self._per_ip[ip] = left
+            else:
+                self._per_ip.pop(ip, None)
         if session._auth_timer is not None:
             session._auth_timer.cancel()
             session._auth_timer = None
@@ -450,6 +479,10 @@ class Hub:
             session.send("authenticated", self._auth_payload(session, pos, None), id=msg_id)
             return
         uid = principal.user_id
+        if not await self._user_has_room(uid):
+            raise Forbidden(
+                f"Too many connections for this user ({self.settings.max_connections_per_user})"
+            )
         key = user_key(uid)
         session.principal = principal
         if session._auth_timer is not None:

@@ -44,6 +44,7 @@ class Session:
 
     __slots__ = (
         "__weakref__",
+        "_auth_failures",
         "_auth_timer",
         "_bucket",
         "_recovering",
@@ -52,6 +53,7 @@ class Session:
         "headers",
         "hub",
         "id",
+        "ip",
         "log",
         "open",
         "principal",
@@ -81,6 +83,8 @@ class Session:
         # replay has been sent (see Hub._catch_up).
         self._recovering: dict[str, list[tuple[int, Frame]]] = {}
         self._auth_timer: Any = None
+        self._auth_failures = 0
+        self.ip: str | None = None
         self.log = _SessionLog(self)
 
     # -- identity --------------------------------------------------------------------------
@@ -167,6 +171,13 @@ class Session:
         except Exception:
             self.log.exception("handler failed")
             self.send_error(ErrorCode.INTERNAL_ERROR, "Internal server error", id=msg_id)
+
+    def auth_failed(self) -> None:
+        """Count a failed ``authenticate``; past ``WS_MAX_AUTH_ATTEMPTS`` the connection closes."""
+        self._auth_failures += 1
+        if self._auth_failures >= self.hub.settings.max_auth_attempts:
+            self.log.warning("closing: too many failed authentication attempts")
+            self.close(CloseCode.POLICY_VIOLATION, "too many failed authentication attempts")
 
     def receive_binary(self) -> None:
         """Binary frames are not part of protocol v1: answer with an error, keep the connection."""

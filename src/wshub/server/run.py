@@ -74,6 +74,9 @@ def uvicorn_config(
         "access_log": False,
         "server_header": False,
     }
+    if settings.tls_cert and settings.tls_key:
+        options["ssl_certfile"] = settings.tls_cert
+        options["ssl_keyfile"] = settings.tls_key
     options.update(overrides)
     return uvicorn.Config(app, **options)
 
@@ -84,7 +87,7 @@ def serve(settings: Settings | None = None) -> None:
     app = create_app(settings)
     hub: Hub = app.state.hub
     server = DrainingServer(uvicorn_config(app, settings, hub), hub)
-    scheme = "ws"
+    scheme = "wss" if settings.tls_cert else "ws"
     logger.info(
         "wshub listening on %s://%s:%d%s (store %s)",
         scheme,

@@ -1,0 +1,855 @@
+/**
+ * wshub browser client: one ES module, no dependencies, no build step.
+ *
+ *     import { WshubClient } from "/wshub.js";
+ *
+ *     const client = new WshubClient("/ws", { getToken: () => fetchMyToken() });
+ *     client.on("chat", (payload) => console.log(payload.from, payload.message));
+ *     client.subscribe("news", (msg) => console.log(msg.offset, msg.data));
+ *     await client.connect();
+ *     const offset = await client.publish("news", { hello: "world" });
+ *
+ * Speaks wshub protocol v1 (docs/protocol.md). After an unexpected close the client reconnects
+ * with exponential backoff and full jitter, authenticates again and re-subscribes with `since`
+ * and `epoch`, so every channel and the user's own stream continue where they stopped: each
+ * message reaches the application once, in order (duplicates at the seam are dropped). See
+ * docs/browser.md for the whole API.
+ */
+
+export const PROTOCOL_VERSION = 1;
+
+/** Close codes after which reconnecting would only repeat the failure: a policy violation
+ * (authentication missing in time, rate-limit abuse) and protocol errors on either side. */
+export const NO_RECONNECT_CODES = Object.freeze([1002, 1003, 1007, 1008, 1010]);
+
+export const DEFAULT_RECONNECT = Object.freeze({
+  minDelay: 500,
+  maxDelay: 30000,
+  maxAttempts: Infinity,
+});
+
+/**
+ * Milliseconds to wait before reconnect attempt `attempt` (0 for the first retry): uniformly
+ * random between `minDelay` and `min(maxDelay, minDelay * 2 ** (attempt + 1))`, so clients
+ * dropped together (a server restart) spread out instead of arriving at once. `random` returns a
+ * number in [0, 1).
+ */
+export function backoffDelay(attempt, options = {}, random = Math.random) {
+  const { minDelay, maxDelay } = { ...DEFAULT_RECONNECT, ...options };
+  // Cap the exponent: 2 ** 1100 is Infinity, and Infinity * 0 would be NaN.
+  const ceiling = Math.min(maxDelay, minDelay * 2 ** Math.min(attempt + 1, 64));
+  return minDelay + random() * (ceiling - minDelay);
+}
+
+/** Whether a close with `code`, not asked for by the application, warrants reconnecting. */
+export function shouldReconnect(code) {
+  return !NO_RECONNECT_CODES.includes(code);
+}
+
+/** The hub's WebSocket URL on the page's own host: `ws(s)://HOST/ws`. */
+export function defaultUrl(path = "/ws", base = globalThis.location?.href) {
+  return resolveUrl(path, base);
+}
+
+/** An absolute ws:// or wss:// URL from `url`, which may be relative or http(s). */
+export function resolveUrl(url, base = globalThis.location?.href) {
+  const resolved = new URL(url, base);
+  if (resolved.protocol === "http:") resolved.protocol = "ws:";
+  else if (resolved.protocol === "https:") resolved.protocol = "wss:";
+  return resolved.href;
+}
+
+/**
+ * A failed request or connection. `code` is the server's error code (`invalid_message`,
+ * `forbidden`, `rate_limited`, ...) or one of the client's own: `timeout`, `not_connected`,
+ * `connection_lost`, `closed`, `invalid_url`, `token_error`, `unsubscribed`.
+ */
+export class WshubError extends Error {
+  constructor(code, message, { id = null, frame = null, closeCode = null } = {}) {
+    super(message);
+    this.name = "WshubError";
+    this.code = code;
+    this.id = id;
+    this.frame = frame;
+    this.closeCode = closeCode;
+  }
+}
+
+/**
+ * Where the application stands in one stream (a channel, or the user's own stream).
+ *
+ * It remembers the stream's `epoch`, the highest offset handed to the application (`delivered`)
+ * and the head the server reported on a join without `since` (`head`), and resumes from
+ * `max(delivered, head)`. After a fresh join nothing before `head` is owed to this client; for
+ * the user stream the server itself replays, right after `authenticated`, what no connection has
+ * been handed yet: older than `head`, newer than `delivered`, so accepted.
+ *
+ * Contract: call `joined()` with each `subscribed`/`authenticated` reply before any message that
+ * follows it; call `accept()` with each message's offset in arrival order and hand the message on
+ * only when it returns true. `since`/`epoch` are what the next join carries.
+ */
+export class StreamState {
+  constructor(since = null, epoch = null) {
+    this.epoch = epoch;
+    this.delivered = since ?? 0;
+    this.head = since ?? 0;
+    this.known = since !== null;
+  }
+
+  /** The offset to resume after, or null to join fresh. */
+  get since() {
+    return this.known ? Math.max(this.delivered, this.head) : null;
+  }
+
+  /** Apply a join reply (`offset`, `epoch`, `recovered` as the server sent them) to a join that
+   * carried `since`/`sinceEpoch` (null: a fresh join). Returns true when a gap was not closed. */
+  joined(offset, epoch, recovered, since, sinceEpoch) {
+    if (since === null) {
+      if (epoch !== this.epoch) this.delivered = 0;
+      this.head = offset;
+    } else if (sinceEpoch !== null && epoch !== sinceEpoch) {
+      // The server lost the stream and replays all it keeps of the new one: the old numbering
+      // means nothing any more.
+      this.delivered = 0;
+      this.head = 0;
+    } else if (since > offset) {
+      // The client is ahead of the stream: start again where the stream is, or every new message
+      // up to the old offset would look like a duplicate.
+      this.delivered = Math.min(this.delivered, offset);
+      this.head = Math.min(this.head, offset);
+    }
+    this.epoch = epoch;
+    this.known = true;
+    return recovered === false;
+  }
+
+  /** True when the message at `offset` is new (and records it); false for a duplicate. */
+  accept(offset) {
+    if (offset <= this.delivered) return false;
+    this.delivered = offset;
+    return true;
+  }
+}
+
+function deferred() {
+  let resolve;
+  let reject;
+  const promise = new Promise((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  // Nobody may be waiting on it (connect() called and its promise dropped): a rejection the
+  // application never asked about must not surface as "unhandled".
+  promise.catch(() => {});
+  return { promise, resolve, reject };
+}
+
+function normalizeReconnect(option) {
+  if (option === false || option === null) return false;
+  if (option === true || option === undefined) return { ...DEFAULT_RECONNECT };
+  const policy = { ...DEFAULT_RECONNECT, ...option };
+  const { minDelay, maxDelay, maxAttempts } = policy;
+  if (!(minDelay >= 0 && maxDelay >= minDelay && maxAttempts >= 0)) {
+    throw new RangeError("reconnect needs 0 <= minDelay <= maxDelay and maxAttempts >= 0");
+  }
+  return policy;
+}
+
+function report(error) {
+  // An exception in an application callback must not break the client: report it like an
+  // uncaught error in an event listener.
+  if (typeof globalThis.reportError === "function") globalThis.reportError(error);
+  else console.error(error);
+}
+
+const isObject = (value) => value !== null && typeof value === "object" && !Array.isArray(value);
+
+/**
+ * A connection to a wshub server that survives drops.
+ *
+ * Server messages: `on(type, handler)`; handlers get `(payload, envelope)`. Lifecycle: the client
+ * is an EventTarget dispatching CustomEvents whose `detail` says what happened:
+ *
+ * - `statechange` {state, previous}: `idle`, `connecting`, `open`, `reconnecting`, `closing`,
+ *   `closed`
+ * - `open` {welcome, reconnected}: welcomed, authenticated and re-subscribed; requests flow
+ * - `close` {code, reason, wasClean, willReconnect}: a connection ended
+ * - `reconnecting` {attempt, delay, code, reason}: the next attempt starts in `delay` ms
+ * - `frame` {direction: "in" | "out", text, message, duplicate}: every text frame, raw
+ * - `gap` {stream, name, since, sinceEpoch, offset, epoch}: a resume could not close a gap
+ * - `error` {error}: a failure no promise reports (re-authentication or re-subscribe refused)
+ */
+export class WshubClient extends EventTarget {
+  #url;
+  #token;
+  #getToken;
+  #reconnect;
+  #requestTimeout;
+  #openTimeout;
+  #WebSocket;
+
+  #ws = null;
+  #state = "idle";
+  #welcomed = false; // this socket got `welcome`
+  #sendable = false; // ...and the join (authenticate, subscribes) has been sent on it
+  #ready = false; // ...and answered: application requests may go
+  #closing = false;
+  #everOpened = false;
+  #attempt = 0;
+  #reconnectTimer = null;
+  #openTimer = null;
+  #lastClose = null;
+
+  #ids = 0;
+  #idPrefix = Math.random().toString(16).slice(2, 8);
+  #pending = new Map(); // id -> {resolve, reject, hook}
+  #readyWaiters = [];
+  #connected = null; // deferred of connect()
+  #closeWaiters = [];
+
+  #subs = new Map(); // channel -> {channel, handlers, state, joined, payload, recovered, waiters}
+  #user;
+  #handlers = new Map();
+
+  #welcome = null;
+  #connectionId = null;
+  #userId = null;
+
+  /**
+   * @param {string} [url] ws://, wss://, http(s):// or a path on this page's host; default `/ws`.
+   * @param {object} [options]
+   * @param {string} [options.token] authenticates every connection (with an `authenticate`
+   *   message after `welcome`, never in the URL).
+   * @param {() => (string|null|Promise<string|null>)} [options.getToken] called before every
+   *   (re)connection's authentication instead of `token`, e.g. to fetch a fresh JWT.
+   * @param {{minDelay?: number, maxDelay?: number, maxAttempts?: number}|boolean} [options.reconnect]
+   *   milliseconds; `false`: never reconnect.
+   * @param {number} [options.requestTimeout] ms a request may take, waiting for a reconnection
+   *   included (default 10000).
+   * @param {number} [options.openTimeout] ms from opening the socket to being ready (10000).
+   * @param {{offset: number, epoch: string}} [options.userPosition] resume the user stream from
+   *   here (e.g. saved by a previous page's `client.userPosition`).
+   * @param {typeof WebSocket} [options.WebSocket] the WebSocket class (tests, other runtimes).
+   */
+  constructor(url = "/ws", options = {}) {
+    super();
+    const {
+      token = null,
+      getToken = null,
+      reconnect = true,
+      requestTimeout = 10000,
+      openTimeout = 10000,
+      userPosition = null,
+      WebSocket: WebSocketClass = globalThis.WebSocket,
+    } = options;
+    this.#url = resolveUrl(url);
+    this.#token = token || null;
+    this.#getToken = getToken;
+    this.#reconnect = normalizeReconnect(reconnect);
+    this.#requestTimeout = requestTimeout;
+    this.#openTimeout = openTimeout;
+    this.#WebSocket = WebSocketClass;
+    this.#user = userPosition
+      ? new StreamState(userPosition.offset, userPosition.epoch ?? null)
+      : new StreamState();
+  }
+
+  // -- state ---------------------------------------------------------------------------------
+
+  get url() {
+    return this.#url;
+  }
+
+  /** `idle`, `connecting`, `open`, `reconnecting`, `closing` or `closed`. */
+  get state() {
+    return this.#state;
+  }
+
+  /** Whether requests can go now (welcomed, authenticated, re-subscribed). */
+  get ready() {
+    return this.#ready;
+  }
+
+  /** The last `welcome` payload. */
+  get welcome() {
+    return this.#welcome;
+  }
+
+  get connectionId() {
+    return this.#connectionId;
+  }
+
+  /** The authenticated user, or null. */
+  get userId() {
+    return this.#userId;
+  }
+
+  /** {code, reason} of the last closed connection, or null. */
+  get lastClose() {
+    return this.#lastClose;
+  }
+
+  /** Where the user stream stands for this client, {offset, epoch}, or null before the first
+   * authentication. Save it to resume from a later page with the `userPosition` option. */
+  get userPosition() {
+    const since = this.#user.since;
+    return since === null || this.#user.epoch === null
+      ? null
+      : { offset: since, epoch: this.#user.epoch };
+  }
+
+  /** The channels this client keeps subscribed: [{channel, offset, epoch, joined, recovered}]. */
+  get subscriptions() {
+    return [...this.#subs.values()].map((sub) => ({
+      channel: sub.channel,
+      offset: sub.state.since,
+      epoch: sub.state.epoch,
+      joined: sub.joined,
+      recovered: sub.recovered,
+    }));
+  }
+
+  /** The reconnect policy ({minDelay, maxDelay, maxAttempts}) or false; assignable any time. */
+  get reconnect() {
+    return this.#reconnect === false ? false : { ...this.#reconnect };
+  }
+
+  set reconnect(option) {
+    this.#reconnect = normalizeReconnect(option);
+    if (this.#reconnect === false && this.#reconnectTimer !== null) {
+      clearTimeout(this.#reconnectTimer);
+      this.#reconnectTimer = null;
+      this.#finish(new WshubError("closed", "Reconnecting was switched off"));
+    }
+  }
+
+  // -- lifecycle -------------------------------------------------------------------------------
+
+  /**
+   * Open the connection. Resolves with the `welcome` payload once the connection is ready:
+   * welcomed, authenticated (with a token) and subscribed. A failing first attempt is retried
+   * like a dropped connection; the promise rejects when the client gives up, is closed, or the
+   * server refuses the token (`auth_failed`: the connection then stays open, unauthenticated).
+   * Calling it again while connecting or open returns the same promise; after close() it starts
+   * over, keeping the subscriptions and stream positions.
+   */
+  connect() {
+    if (this.#state === "idle" || this.#state === "closed") {
+      this.#closing = false;
+      this.#attempt = 0;
+      this.#connected = deferred();
+      this.#open();
+    }
+    return this.#connected.promise;
+  }
+
+  /**
+   * Close with `code` (1000, or 3000-4999) and stop reconnecting. Resolves when closed. Requests
+   * in flight reject with `connection_lost`; subscriptions and positions are kept for a later
+   * connect().
+   */
+  close(code = 1000, reason = "") {
+    this.#closing = true;
+    clearTimeout(this.#reconnectTimer);
+    this.#reconnectTimer = null;
+    const ws = this.#ws;
+    if (ws === null) {
+      if (this.#state !== "idle") this.#finish(new WshubError("closed", "Closed by the application"));
+      return Promise.resolve();
+    }
+    const closed = new Promise((resolve) => this.#closeWaiters.push(resolve));
+    this.#setState("closing");
+    ws.close(code, reason);
+    return closed;
+  }
+
+  // -- requests ------------------------------------------------------------------------------
+
+  /** Authenticate with `token`, which is also used for every reconnection from now on (replacing
+   * `getToken`). Resolves with the `authenticated` payload; rejects with `auth_failed`. */
+  authenticate(token) {
+    if (typeof token !== "string" || !token) {
+      return Promise.reject(new TypeError("authenticate(token) needs a non-empty string"));
+    }
+    if (this.#state === "idle" || this.#state === "closed") return this.#notConnected();
+    this.#token = token;
+    this.#getToken = null;
+    return this.#call(
+      "authenticate",
+      () => this.#authPayload(token),
+      () => this.#userHook(),
+    ).then((msg) => msg.payload);
+  }
+
+  /** Publish `data` (any JSON value) on `channel`; resolves with the publication's offset. By
+   * default the server wants an authenticated connection subscribed to the channel. */
+  publish(channel, data) {
+    return this.#call("publish", { channel, data: data === undefined ? null : data }).then(
+      (msg) => msg.payload.offset,
+    );
+  }
+
+  /** A direct message; resolves with the `chat_received` payload (`delivered`, `queued`...). */
+  chat(recipientId, message) {
+    return this.#call("chat", { recipientId, message }).then((msg) => msg.payload);
+  }
+
+  /** An application-level round trip; resolves with the `pong` payload plus `rtt` (ms). */
+  ping() {
+    const started = performance.now();
+    return this.#call("ping", null).then((msg) => ({
+      ...msg.payload,
+      rtt: performance.now() - started,
+    }));
+  }
+
+  /** The user ids online in a `presence-…` channel. */
+  presence(channel) {
+    return this.#call("presence", { channel }).then((msg) => msg.payload.users);
+  }
+
+  /** Send any message with a fresh `id`; resolves with the reply envelope ({type, payload, id}),
+   * rejects with a WshubError for an `error` reply. */
+  request(type, payload = null) {
+    return this.#call(type, payload);
+  }
+
+  /** Send a message without an `id` and without waiting for anything. Throws `not_connected`
+   * unless a connection is up. */
+  send(type, payload = null) {
+    const message = { type };
+    if (payload !== null) message.payload = payload;
+    this.sendRaw(JSON.stringify(message));
+  }
+
+  /** Send one text frame as it is (the server answers what it cannot parse with `error`). */
+  sendRaw(text) {
+    if (this.#ws === null || !this.#welcomed) {
+      throw new WshubError("not_connected", "Not connected");
+    }
+    this.#sendText(String(text));
+  }
+
+  // -- subscriptions and messages ------------------------------------------------------------
+
+  /**
+   * Subscribe to `channel` (kept across reconnects); `handler(payload, envelope)` gets each
+   * publication once, in order: payload is {channel, data, offset, timestamp, from}. Resolves
+   * with the `subscribed` payload; rejects if refused (`forbidden`...). May be called before
+   * connect(). Subscribing again adds another handler. With `since` (and `epoch`) the server
+   * first replays what was published after that offset.
+   */
+  subscribe(channel, handler = null, { since = null, epoch = null } = {}) {
+    if (typeof channel !== "string" || !channel) {
+      return Promise.reject(new TypeError("subscribe(channel) needs a non-empty string"));
+    }
+    let sub = this.#subs.get(channel);
+    if (sub === undefined) {
+      sub = {
+        channel,
+        handlers: new Set(),
+        state: new StreamState(since, epoch),
+        joined: false,
+        payload: null,
+        recovered: null,
+        waiters: [],
+      };
+      this.#subs.set(channel, sub);
+      if (this.#sendable) this.#join(sub);
+    }
+    if (handler) sub.handlers.add(handler);
+    if (sub.joined) return Promise.resolve(sub.payload);
+    return new Promise((resolve, reject) => sub.waiters.push({ resolve, reject }));
+  }
+
+  /** Remove `handler` from `channel`; without a handler, or when it was the last one, stop the
+   * subscription. Resolves with the `unsubscribed` payload (or {channel} when offline). */
+  unsubscribe(channel, handler = null) {
+    const sub = this.#subs.get(channel);
+    if (sub !== undefined) {
+      if (handler) sub.handlers.delete(handler);
+      if (handler && sub.handlers.size > 0) return Promise.resolve({ channel });
+      this.#subs.delete(channel);
+      const gone = new WshubError("unsubscribed", `Unsubscribed from ${channel}`);
+      for (const waiter of sub.waiters.splice(0)) waiter.reject(gone);
+    }
+    if (!this.#sendable) return Promise.resolve({ channel });
+    return this.#call("unsubscribe", { channel }).then((msg) => msg.payload);
+  }
+
+  /** Call `handler(payload, envelope)` for every server message of `type` that is not the reply
+   * to a request: `chat`, `notification`, `system_message`, `presence_join`, `message` (after the
+   * subscription's own handlers), `error` without a request, your own types; `"*"` for all.
+   * User-stream messages (envelope `offset`) come once, in order, across reconnects. Returns a
+   * function that removes the handler. */
+  on(type, handler) {
+    let handlers = this.#handlers.get(type);
+    if (handlers === undefined) {
+      handlers = new Set();
+      this.#handlers.set(type, handlers);
+    }
+    handlers.add(handler);
+    return () => this.off(type, handler);
+  }
+
+  off(type, handler) {
+    this.#handlers.get(type)?.delete(handler);
+  }
+
+  // -- internals: connecting -----------------------------------------------------------------
+
+  #open() {
+    this.#setState("connecting");
+    let ws;
+    try {
+      ws = new this.#WebSocket(this.#url);
+    } catch (error) {
+      this.#finish(new WshubError("invalid_url", `Cannot open ${this.#url}: ${error.message}`));
+      return;
+    }
+    this.#ws = ws;
+    this.#welcomed = this.#sendable = this.#ready = false;
+    ws.onmessage = (event) => {
+      if (this.#ws === ws) this.#receive(event.data);
+    };
+    ws.onclose = (event) => {
+      if (this.#ws === ws) this.#onClose(event.code, event.reason, event.wasClean);
+    };
+    this.#openTimer = setTimeout(() => {
+      if (this.#ws !== ws || this.#ready) return;
+      // Give up on this socket at once rather than wait for a closing handshake that may never
+      // come; its own close event is ignored from now on.
+      this.#ws = null;
+      ws.close();
+      this.#onClose(1006, "open timeout", false);
+    }, this.#openTimeout);
+  }
+
+  async #onWelcome(ws) {
+    let token = null;
+    let problem = null;
+    try {
+      token = await this.#currentToken();
+    } catch (error) {
+      problem = new WshubError("token_error", `getToken failed: ${error?.message ?? error}`);
+    }
+    if (this.#ws !== ws) return;
+    // Pipelined: the server handles a connection's messages in order, so the subscriptions
+    // (private and presence channels included) are checked after the authentication.
+    const joins = [];
+    if (token) {
+      const auth = this.#request("authenticate", this.#authPayload(token), this.#userHook());
+      joins.push(
+        auth.catch((error) => {
+          if (error.code !== "connection_lost") problem = error;
+        }),
+      );
+    }
+    for (const sub of this.#subs.values()) joins.push(this.#join(sub));
+    this.#sendable = true;
+    await Promise.all(joins);
+    if (this.#ws !== ws) return; // dropped meanwhile: the close has been handled
+    clearTimeout(this.#openTimer);
+    this.#ready = true;
+    this.#attempt = 0;
+    this.#setState("open");
+    this.#emit("open", { welcome: this.#welcome, reconnected: this.#everOpened });
+    this.#everOpened = true;
+    for (const waiter of this.#readyWaiters.splice(0)) waiter.resolve();
+    if (problem !== null) {
+      this.#emit("error", { error: problem });
+      this.#connected?.reject(problem);
+    } else {
+      this.#connected?.resolve(this.#welcome);
+    }
+  }
+
+  /** Send `subscribe` for `sub` on the current connection, resuming from its position. */
+  #join(sub) {
+    const { since, epoch } = sub.state;
+    const payload = { channel: sub.channel };
+    if (since !== null) {
+      payload.since = since;
+      if (epoch !== null) payload.epoch = epoch;
+    }
+    const hook = (msg) => this.#channelJoined(sub, msg.payload, since, since === null ? null : epoch);
+    return this.#request("subscribe", payload, hook).then(
+      (msg) => {
+        if (this.#subs.get(sub.channel) !== sub) return;
+        for (const waiter of sub.waiters.splice(0)) waiter.resolve(msg.payload);
+      },
+      (error) => {
+        if (error.code === "connection_lost" || this.#subs.get(sub.channel) !== sub) return;
+        // Refused (a token without the claim, a changed policy): end this subscription only.
+        this.#subs.delete(sub.channel);
+        if (sub.waiters.length > 0) {
+          for (const waiter of sub.waiters.splice(0)) waiter.reject(error);
+        } else {
+          this.#emit("error", { error });
+        }
+      },
+    );
+  }
+
+  #onClose(code, reason, wasClean) {
+    clearTimeout(this.#openTimer);
+    const ws = this.#ws;
+    if (ws !== null) {
+      ws.onmessage = ws.onclose = null;
+      this.#ws = null;
+    }
+    this.#welcomed = this.#sendable = this.#ready = false;
+    this.#lastClose = { code, reason };
+    for (const sub of this.#subs.values()) sub.joined = false;
+    const lost = new WshubError("connection_lost", `Connection closed (${code})`, {
+      closeCode: code,
+    });
+    for (const request of this.#pending.values()) request.reject(lost);
+    this.#pending.clear();
+
+    const policy = this.#reconnect;
+    let willReconnect = !this.#closing && policy !== false && shouldReconnect(code);
+    if (willReconnect && this.#attempt >= policy.maxAttempts) willReconnect = false;
+    this.#emit("close", { code, reason, wasClean, willReconnect });
+    if (!willReconnect) {
+      const why = this.#closing
+        ? "Closed by the application"
+        : policy === false || !shouldReconnect(code)
+          ? `Closed by the server (${code}${reason ? ` ${reason}` : ""})`
+          : `Gave up reconnecting after ${this.#attempt} attempt(s)`;
+      this.#finish(new WshubError("closed", why, { closeCode: code }));
+      return;
+    }
+    const delay = backoffDelay(this.#attempt, policy);
+    this.#attempt += 1;
+    this.#setState("reconnecting");
+    this.#emit("reconnecting", { attempt: this.#attempt, delay, code, reason });
+    this.#reconnectTimer = setTimeout(() => {
+      this.#reconnectTimer = null;
+      this.#open();
+    }, delay);
+  }
+
+  /** The client is closed for good (until connect() again): fail everyone still waiting. */
+  #finish(error) {
+    this.#closing = false;
+    this.#setState("closed");
+    this.#connected?.reject(error);
+    for (const waiter of this.#readyWaiters.splice(0)) waiter.reject(error);
+    for (const sub of this.#subs.values()) {
+      for (const waiter of sub.waiters.splice(0)) waiter.reject(error);
+    }
+    for (const resolve of this.#closeWaiters.splice(0)) resolve();
+  }
+
+  async #currentToken() {
+    if (typeof this.#getToken === "function") return (await this.#getToken()) || null;
+    return this.#token;
+  }
+
+  #authPayload(token) {
+    const payload = { token };
+    const { since, epoch } = this.#user;
+    if (since !== null) {
+      payload.since = since;
+      if (epoch !== null) payload.epoch = epoch;
+    }
+    return payload;
+  }
+
+  /** The hook for the `authenticated` reply to the authentication being sent now. */
+  #userHook() {
+    const since = this.#user.since;
+    const sinceEpoch = since === null ? null : this.#user.epoch;
+    return (msg) => this.#userJoined(msg.payload, since, sinceEpoch);
+  }
+
+  #userJoined(payload, since, sinceEpoch) {
+    if (typeof payload.userId === "string") this.#userId = payload.userId;
+    const { offset, epoch } = payload;
+    if (typeof offset !== "number" || typeof epoch !== "string") return;
+    const recovered = typeof payload.recovered === "boolean" ? payload.recovered : null;
+    if (this.#user.joined(offset, epoch, recovered, since, sinceEpoch)) {
+      this.#emit("gap", { stream: "user", name: this.#userId, since, sinceEpoch, offset, epoch });
+    }
+  }
+
+  #channelJoined(sub, payload, since, sinceEpoch) {
+    if (this.#subs.get(sub.channel) !== sub) return; // unsubscribed meanwhile
+    const { offset, epoch } = payload;
+    sub.joined = true;
+    sub.payload = payload;
+    if (typeof offset !== "number" || typeof epoch !== "string") return;
+    sub.recovered = typeof payload.recovered === "boolean" ? payload.recovered : null;
+    if (sub.state.joined(offset, epoch, sub.recovered, since, sinceEpoch)) {
+      this.#emit("gap", { stream: "channel", name: sub.channel, since, sinceEpoch, offset, epoch });
+    }
+  }
+
+  // -- internals: requests -------------------------------------------------------------------
+
+  #notConnected() {
+    return Promise.reject(new WshubError("not_connected", "Not connected: call connect() first"));
+  }
+
+  /** A request from the application: wait for the connection to be ready, then send. The
+   * timeout covers both; a request whose time ran out while waiting is never sent. `payload` and
+   * `hookFactory` may be functions, evaluated at sending time. */
+  #call(type, payload, hookFactory = null) {
+    if (this.#state === "idle" || this.#state === "closed") return this.#notConnected();
+    return new Promise((resolve, reject) => {
+      let expired = false;
+      const timer = setTimeout(() => {
+        expired = true;
+        reject(new WshubError("timeout", `No reply to '${type}' within ${this.#requestTimeout} ms`));
+      }, this.#requestTimeout);
+      const send = () => {
+        if (expired) return undefined;
+        // Ready may have ended between the wake-up and now: a request not sent yet waits for
+        // the next connection rather than failing.
+        if (!this.#ready) return this.#waitReady().then(send);
+        const body = typeof payload === "function" ? payload() : payload;
+        return this.#request(type, body, hookFactory ? hookFactory() : null);
+      };
+      this.#waitReady()
+        .then(send)
+        .then(resolve, reject)
+        .finally(() => clearTimeout(timer));
+    });
+  }
+
+  #waitReady() {
+    if (this.#ready) return Promise.resolve();
+    if (this.#state === "idle" || this.#state === "closed") return this.#notConnected();
+    return new Promise((resolve, reject) => this.#readyWaiters.push({ resolve, reject }));
+  }
+
+  /** Send with a fresh `id` on the current connection; resolves with the reply envelope. `hook`
+   * runs when a non-error reply arrives, before any later frame is handled. */
+  #request(type, payload, hook = null) {
+    if (this.#ws === null || !this.#welcomed) {
+      return Promise.reject(new WshubError("connection_lost", "Not connected"));
+    }
+    this.#ids += 1;
+    const id = `${this.#idPrefix}-${this.#ids}`;
+    const message = { type };
+    if (payload !== null) message.payload = payload;
+    message.id = id;
+    return new Promise((resolve, reject) => {
+      this.#pending.set(id, { resolve, reject, hook });
+      this.#sendText(JSON.stringify(message), message);
+    });
+  }
+
+  #sendText(text, message = undefined) {
+    this.#ws.send(text);
+    if (message === undefined) {
+      try {
+        message = JSON.parse(text);
+      } catch {
+        message = null;
+      }
+    }
+    this.#emit("frame", { direction: "out", text, message, duplicate: false });
+  }
+
+  // -- internals: receiving ------------------------------------------------------------------
+
+  #receive(data) {
+    if (typeof data !== "string") {
+      // Not part of protocol v1; shown to `frame` listeners, otherwise ignored.
+      this.#emit("frame", { direction: "in", text: null, message: null, duplicate: false });
+      return;
+    }
+    let message = null;
+    try {
+      message = JSON.parse(data);
+    } catch {
+      // not JSON: logged below, otherwise ignored
+    }
+    if (!isObject(message) || typeof message.type !== "string") {
+      this.#emit("frame", { direction: "in", text: data, message: null, duplicate: false });
+      return;
+    }
+    if (!isObject(message.payload)) message.payload = {};
+    const duplicate = !this.#isNew(message);
+    this.#emit("frame", { direction: "in", text: data, message, duplicate });
+    if (!duplicate) this.#handle(message);
+  }
+
+  /** Record a stream message's offset; false for one seen before (a resume's seam). */
+  #isNew(message) {
+    const { type, payload } = message;
+    if (type === "message") {
+      const sub = this.#subs.get(payload.channel);
+      if (sub === undefined || !sub.state.known || typeof payload.offset !== "number") return true;
+      return sub.state.accept(payload.offset);
+    }
+    if (typeof message.offset === "number") return this.#user.accept(message.offset);
+    return true;
+  }
+
+  #handle(message) {
+    const { type, payload, id } = message;
+    const request = typeof id === "string" ? this.#pending.get(id) : undefined;
+    if (request !== undefined) {
+      this.#pending.delete(id);
+      if (type === "error") {
+        const text = payload.message ?? "Request failed";
+        request.reject(new WshubError(payload.code ?? "error", text, { id, frame: message }));
+        return;
+      }
+      if (request.hook !== null) {
+        try {
+          request.hook(message);
+        } catch (error) {
+          report(error);
+        }
+      }
+      request.resolve(message);
+      return;
+    }
+    if (type === "welcome") {
+      if (this.#welcomed) return;
+      this.#welcomed = true;
+      this.#welcome = payload;
+      this.#connectionId = payload.connectionId ?? null;
+      this.#userId = payload.userId ?? null;
+      this.#onWelcome(this.#ws);
+    } else if (type === "authenticated") {
+      // Not the reply to our request: the handshake carried a token, or a raw frame was sent.
+      this.#userJoined(payload, null, null);
+    } else if (type === "message") {
+      const sub = this.#subs.get(payload.channel);
+      if (sub === undefined) return; // a publication racing our unsubscribe
+      for (const handler of [...sub.handlers]) this.#invoke(handler, payload, message);
+    }
+    for (const handler of [
+      ...(this.#handlers.get(type) ?? []),
+      ...(this.#handlers.get("*") ?? []),
+    ]) {
+      this.#invoke(handler, payload, message);
+    }
+  }
+
+  #invoke(handler, payload, message) {
+    try {
+      handler(payload, message);
+    } catch (error) {
+      report(error);
+    }
+  }
+
+  #setState(state) {
+    const previous = this.#state;
+    if (state === previous) return;
+    this.#state = state;
+    this.#emit("statechange", { state, previous });
+  }
+
+  #emit(name, detail) {
+    this.dispatchEvent(new CustomEvent(name, { detail }));
+  }
+}
+
+export default WshubClient;
