@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -66,6 +67,30 @@ def _cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_asyncapi(args: argparse.Namespace) -> int:
+    """Print the AsyncAPI document; with --app, of the application's hub (its own types too)."""
+    import importlib
+
+    import orjson
+
+    from .asyncapi import asyncapi_document
+    from .core.hub import Hub
+    from .factory import create_hub
+
+    if args.app:
+        module_name, _, attr = args.app.partition(":")
+        sys.path.insert(0, os.getcwd())
+        hub = getattr(importlib.import_module(module_name), attr or "hub")
+        if not isinstance(hub, Hub):
+            print(f"wshub asyncapi: {args.app} is not a wshub Hub", file=sys.stderr)
+            return 2
+    else:
+        hub = create_hub(Settings(store_url="memory://"))
+    sys.stdout.write(orjson.dumps(asyncapi_document(hub), option=orjson.OPT_INDENT_2).decode())
+    sys.stdout.write("\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wshub", description="Real-time messaging hub")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -83,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--channels", help="comma-separated private channels to grant")
     token.add_argument("--ttl", type=float, default=3600.0, help="seconds until it expires")
     token.set_defaults(func=_cmd_token)
+
+    asyncapi = sub.add_parser("asyncapi", help="print the AsyncAPI 3 document of the protocol")
+    asyncapi.add_argument("--app", help="module:attribute of your hub (default: built-in types)")
+    asyncapi.set_defaults(func=_cmd_asyncapi)
 
     from .client import cli as client_cli
 

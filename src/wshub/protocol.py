@@ -246,3 +246,111 @@ class NotificationPayload(_Payload):
     title: StrictStr
     message: StrictStr
     type: Literal["info", "warning", "error", "success"] = "info"
+
+
+# ---------------------------------------------------------------------------------------------
+# Server payloads. The hub encodes these with orjson directly (no model on the hot path); the
+# models document the wire format (AsyncAPI) and let tests validate what the server sends.
+
+
+class _ServerPayload(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class WelcomePayload(_ServerPayload):
+    connectionId: str
+    userId: str | None
+    heartbeatInterval: int
+    serverTime: int
+    protocol: Literal[1]
+
+
+class PongPayload(_ServerPayload):
+    timestamp: int
+
+
+class AuthenticatedPayload(_ServerPayload):
+    userId: str
+    connectionId: str
+    offset: int
+    epoch: str
+    recovered: bool | None = None
+
+
+class ChatMessagePayload(_ServerPayload):
+    messageId: str
+    from_: str | None = Field(alias="from")
+    message: str
+    timestamp: int
+
+
+class ChatReceivedPayload(_ServerPayload):
+    messageId: str
+    recipientId: str
+    delivered: bool
+    queued: bool
+    timestamp: int
+
+
+class SubscribedPayload(_ServerPayload):
+    channel: str
+    offset: int
+    epoch: str
+    recovered: bool | None = None
+
+
+class UnsubscribedPayload(_ServerPayload):
+    channel: str
+
+
+class MessagePayload(_ServerPayload):
+    channel: str
+    data: JSON
+    offset: int
+    timestamp: int
+    from_: str | None = Field(alias="from")
+
+
+class PublishedPayload(_ServerPayload):
+    channel: str
+    offset: int
+
+
+class SystemMessagePayload(_ServerPayload):
+    message: str
+    timestamp: int
+
+
+class PresencePayload(_ServerPayload):
+    channel: str
+    users: list[str]
+
+
+class PresenceEventPayload(_ServerPayload):
+    channel: str
+    userId: str
+
+
+class ErrorPayload(_ServerPayload):
+    code: ErrorCode
+    message: str
+
+
+#: Every type the server sends, with its payload model and when it is sent.
+SERVER_MESSAGES: dict[str, tuple[type[BaseModel], str]] = {
+    "welcome": (WelcomePayload, "First message on every connection."),
+    "pong": (PongPayload, "Reply to ping."),
+    "authenticated": (AuthenticatedPayload, "Reply to a valid authenticate (or handshake token)."),
+    "chat": (ChatMessagePayload, "A direct message to this user (user stream, has offset)."),
+    "chat_received": (ChatReceivedPayload, "Reply to chat."),
+    "subscribed": (SubscribedPayload, "Reply to subscribe."),
+    "unsubscribed": (UnsubscribedPayload, "Reply to unsubscribe."),
+    "message": (MessagePayload, "A publication on a subscribed channel."),
+    "published": (PublishedPayload, "Reply to publish."),
+    "notification": (NotificationPayload, "Pushed to a user by the server (user stream)."),
+    "system_message": (SystemMessagePayload, "Broadcast to every connection."),
+    "presence": (PresencePayload, "Reply to presence."),
+    "presence_join": (PresenceEventPayload, "A user's first connection joined a channel."),
+    "presence_leave": (PresenceEventPayload, "A user's last connection left a channel."),
+    "error": (ErrorPayload, "A message could not be processed; carries the request's id."),
+}

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 import orjson
+from pydantic import BaseModel
 
 from ..config import Settings
 from ..errors import AuthFailed, Forbidden, NotAuthenticated
@@ -127,6 +128,8 @@ class Hub:
         self._users: dict[UserId, set[Session]] = {}
         self._channels: dict[str, set[Session]] = {}
         self._subscribe_hooks: list[ChannelHook] = []
+        #: Application message types sent to clients, for the AsyncAPI document.
+        self.server_messages: dict[str, tuple[type[BaseModel], str]] = {}
         self._publish_hook: ChannelHook | None = None
         self._seq = itertools.count(1)
         self._started = False
@@ -227,6 +230,11 @@ class Hub:
         ``invalid_message`` naming the field.
         """
         return self.router.on(type_, requires_auth=requires_auth)
+
+    def describe(self, type_: str, model: type[BaseModel], summary: str = "") -> None:
+        """Document a message type the application sends (``send_to_user(type_, ...)``), so it
+        appears in the AsyncAPI document with its payload model."""
+        self.server_messages[type_] = (model, summary or (model.__doc__ or "").strip())
 
     def authorize_channel(self, hook: ChannelHook) -> ChannelHook:
         """Register ``hook(principal, channel) -> bool`` (sync or async) deciding subscriptions to

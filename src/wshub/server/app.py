@@ -6,10 +6,11 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import WebSocketRoute
 
 from ..asgi import WebSocketApp
+from ..asyncapi import asyncapi_document, asyncapi_html
 from ..config import Settings
 from ..core.hub import Hub
 from ..errors import BackendUnavailable
@@ -64,6 +65,15 @@ def create_app(settings: Settings | None = None, *, hub: Hub | None = None) -> F
             status_code=426,
             headers={"Upgrade": "websocket", "Connection": "Upgrade"},
         )
+
+    @app.get("/asyncapi.json", tags=["docs"], summary="AsyncAPI 3 document of the protocol")
+    async def asyncapi_json(request: Request) -> JSONResponse:
+        return JSONResponse(asyncapi_document(hub, host=request.headers.get("host")))
+
+    @app.get("/asyncapi", include_in_schema=False)
+    async def asyncapi_page(request: Request) -> HTMLResponse:
+        document = asyncapi_document(hub, host=request.headers.get("host"))
+        return HTMLResponse(asyncapi_html(document))
 
     @app.get("/ws-test", include_in_schema=False)
     async def ws_test_page() -> FileResponse:
