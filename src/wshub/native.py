@@ -186,6 +186,12 @@ class HubProtocol(asyncio.Protocol):
             self._loop.call_soon(self._flush)
         return True
 
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes queued for this client: not yet flushed, plus the transport's own buffer."""
+        buffered = self.transport.get_write_buffer_size() if self.transport else 0
+        return self._out_bytes + buffered
+
     def close(self, code: int = 1000, reason: str = "", *, drain: bool = True) -> None:
         if self._closing or self._ws is None:
             return

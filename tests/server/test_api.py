@@ -149,3 +149,22 @@ async def test_history_pages_with_since_and_limit(
     assert seen == [0, 1, 2, 3, 4]
     r = await api.get("/api/channels/paged/history", params={"limit": 0})
     assert r.status_code == 422
+
+
+async def test_metrics_count_messages_by_type_and_handler_latency(server: TestServer) -> None:
+    async with server.connect(user="mia") as ws:
+        await ws.expect("welcome")
+        await ws.expect("authenticated")
+        await ws.request("subscribe", {"channel": "m"})
+        await ws.request("ping")
+        await ws.request("nope")
+        await ws.request("publish", {"channel": "m", "data": 1})
+        async with httpx.AsyncClient(base_url=server.http, timeout=5) as client:
+            text = (await client.get("/metrics")).text
+    assert 'wshub_messages_received_total{type="ping"} 1.0' in text
+    assert 'wshub_messages_received_total{type="unknown"} 1.0' in text
+    assert 'wshub_messages_sent_total{type="message"} 1.0' in text
+    assert 'wshub_messages_sent_total{type="error"} 1.0' in text
+    assert "wshub_handler_seconds_count 3.0" in text  # ping, subscribe, publish
+    assert "wshub_connections 1.0" in text
+    assert "wshub_outbound_queued_bytes" in text

@@ -37,6 +37,7 @@ from .permissions import ChannelKind, channel_kind, claim_grants
 from .recovery import is_recovered
 from .router import Handler, Router
 from .session import Session
+from .stats import HubStats
 
 __all__ = ["Delivery", "Hub", "HubStats", "OverflowPolicy"]
 
@@ -69,22 +70,6 @@ class Delivery:
     delivered: bool
     queued: bool
     offset: int
-
-
-@dataclass(slots=True)
-class HubStats:
-    """Counters since start; the metrics endpoint and the dashboard read them."""
-
-    connections_opened: int = 0
-    connections_closed: int = 0
-    messages_in: int = 0
-    deliveries: int = 0
-    publications: int = 0
-    user_messages: int = 0
-    errors_sent: int = 0
-    rate_limited: int = 0
-    overflows: int = 0
-    dropped: int = 0
 
 
 class _RefuseAll:
@@ -283,7 +268,7 @@ class Hub:
         pos = await self.store.append(key, body, self.retention_for(channel))
         frame = Frame(message_envelope(body, pos.offset))
         self.stats.publications += 1
-        self._fanout(key, channel, pos.offset, frame)
+        self.stats.out_by_type["message"] += self._fanout(key, channel, pos.offset, frame)
         await self.broker.publish(key, _offset_header.pack(pos.offset) + frame.data)
         return pos.offset
 
@@ -300,6 +285,8 @@ class Hub:
         frame = Frame(with_offset(envelope, pos.offset))
         self.stats.user_messages += 1
         local = self._deliver_user(uid, key, pos.offset, frame)
+        if local:
+            self.stats.out_by_type[type_] += self.connection_count(uid)
         await self.broker.publish(key, _offset_header.pack(pos.offset) + frame.data)
         if local:
             await self.store.advance_cursor(key, pos.offset)
@@ -324,6 +311,7 @@ class Hub:
         """Send a ``system_message`` to every connection; returns how many were local."""
         frame = Frame(encode("system_message", {"message": message, "timestamp": now_ms()}))
         count = self._broadcast_local(frame)
+        self.stats.out_by_type["system_message"] += count
         await self.broker.publish(BROADCAST_TOPIC, _offset_header.pack(0) + frame.data)
         return count
 

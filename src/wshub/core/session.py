@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Any
 
-from ..errors import NotAuthenticated, ProtocolError, RateLimited, UnknownType
+from ..errors import (
+    BackendUnavailable,
+    NotAuthenticated,
+    ProtocolError,
+    RateLimited,
+    UnknownType,
+)
 from ..protocol import CloseCode, ErrorCode, Frame, decode, encode
 from ..types import ConnectionId, JSONObject, Principal, UserId
 from .ratelimit import TokenBucket
@@ -111,6 +118,7 @@ class Session:
         self, type_: str, payload: JSONObject, *, id: str | None = None, offset: int | None = None
     ) -> None:
         """Encode and send one message to this connection only."""
+        self.hub.stats.out_by_type[type_] += 1
         self.send_frame(Frame(encode(type_, payload, id=id, offset=offset)))
 
     def send_error(self, code: str, message: str, *, id: str | None = None) -> None:
@@ -159,15 +167,25 @@ class Session:
                 raise bad
             route = hub.router.get(incoming.type)
             if route is None:
+                hub.stats.in_by_type["unknown"] += 1
                 raise UnknownType(incoming.type)
+            hub.stats.in_by_type[incoming.type] += 1
             if self.principal is None and (
                 route.requires_auth or (hub.settings.require_auth and incoming.type != "ping")
             ):
                 raise NotAuthenticated(f"Authenticate before sending {incoming.type!r}")
             payload = route.validate(incoming.payload)
-            await route.handler(Context(self, incoming.type, msg_id), payload)
+            started = time.perf_counter()
+            try:
+                await route.handler(Context(self, incoming.type, msg_id), payload)
+            finally:
+                hub.stats.observe_handler(time.perf_counter() - started)
         except ProtocolError as exc:
             self.send_error(exc.code, exc.message, id=msg_id)
+        except BackendUnavailable as exc:
+            hub.stats.backend_errors += 1
+            self.log.warning("backend unavailable: %s", exc)
+            self.send_error(ErrorCode.INTERNAL_ERROR, "Service temporarily unavailable", id=msg_id)
         except Exception:
             self.log.exception("handler failed")
             self.send_error(ErrorCode.INTERNAL_ERROR, "Internal server error", id=msg_id)

@@ -5,10 +5,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from ..core.hub import Hub
+from ..core.stats import HANDLER_BUCKETS
 
 __all__ = ["metrics_response"]
 
@@ -23,6 +29,7 @@ _COUNTERS = {
     "rate_limited": "Client messages rejected by rate limiting",
     "overflows": "Outbound queue overflows (slow consumers)",
     "dropped": "Frames dropped by the drop overflow policy",
+    "backend_errors": "Client messages that failed because the store or broker was unavailable",
 }
 
 
@@ -39,8 +46,45 @@ class _HubCollector:
         }
         for name, (doc, value) in gauges.items():
             yield GaugeMetricFamily(f"wshub_{name}", doc, value=value)
+        stats = hub.stats
         for name, doc in _COUNTERS.items():
-            yield CounterMetricFamily(f"wshub_{name}", doc, value=getattr(hub.stats, name))
+            yield CounterMetricFamily(f"wshub_{name}", doc, value=getattr(stats, name))
+        by_in = CounterMetricFamily(
+            "wshub_messages_received", "Client messages by type", labels=["type"]
+        )
+        for type_, n in stats.in_by_type.items():
+            by_in.add_metric([type_], n)
+        yield by_in
+        by_out = CounterMetricFamily("wshub_messages_sent", "Frames sent by type", labels=["type"])
+        for type_, n in stats.out_by_type.items():
+            by_out.add_metric([type_], n)
+        yield by_out
+        pending_bytes = pending_frames = 0
+        for session in hub.sessions.values():
+            outbox = getattr(session.conn, "outbox", None)
+            if outbox is not None:  # ASGI connections
+                pending_bytes += outbox.pending_bytes
+                pending_frames += len(outbox)
+            else:  # native connections
+                pending_bytes += getattr(session.conn, "pending_bytes", 0)
+        yield GaugeMetricFamily(
+            "wshub_outbound_queued_bytes", "Bytes queued for clients", value=pending_bytes
+        )
+        yield GaugeMetricFamily(
+            "wshub_outbound_queued_frames", "Frames queued for ASGI clients", value=pending_frames
+        )
+        cumulative, buckets = 0, []
+        for bound, count in zip(
+            (*HANDLER_BUCKETS, float("inf")), stats.handler_buckets, strict=True
+        ):
+            cumulative += count
+            buckets.append((str(bound) if bound != float("inf") else "+Inf", cumulative))
+        yield HistogramMetricFamily(
+            "wshub_handler_seconds",
+            "Time spent handling a client message",
+            buckets=buckets,
+            sum_value=stats.handler_seconds,
+        )
 
 
 def metrics_response(hub: Hub) -> tuple[bytes, str]:
