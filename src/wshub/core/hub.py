@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import itertools
 import logging
 import struct
@@ -21,7 +20,7 @@ import orjson
 from pydantic import BaseModel
 
 from ..config import Settings
-from ..errors import AuthFailed, Forbidden, NotAuthenticated
+from ..errors import AuthFailed, Forbidden
 from ..interfaces import (
     Authenticator,
     Broker,
@@ -33,7 +32,8 @@ from ..interfaces import (
 )
 from ..protocol import RESERVED_TYPES, CloseCode, Frame, encode, now_ms, with_offset
 from ..types import JSON, ConnectionId, JSONObject, Principal, StoredMessage, StreamPosition, UserId
-from .permissions import ChannelKind, channel_kind, claim_grants
+from .permissions import ChannelKind, channel_kind
+from .policy import ChannelPolicy
 from .recovery import is_recovered
 from .router import Handler, Router
 from .session import Session
@@ -112,10 +112,8 @@ class Hub:
         self._per_ip: dict[str, int] = {}
         self._users: dict[UserId, set[Session]] = {}
         self._channels: dict[str, set[Session]] = {}
-        self._subscribe_hooks: list[ChannelHook] = []
         #: Application message types sent to clients, for the AsyncAPI document.
         self.server_messages: dict[str, tuple[type[BaseModel], str]] = {}
-        self._publish_hook: ChannelHook | None = None
         self._seq = itertools.count(1)
         self._started = False
         self._stopping = False
@@ -124,9 +122,8 @@ class Hub:
         self._idle.set()
         self._tasks: set[asyncio.Task[Any]] = set()
         s = self.settings
-        self._history = Retention(size=s.history_size, ttl=s.history_ttl)
         self._inbox = Retention(size=s.inbox_size, ttl=s.inbox_ttl)
-        self._retention: dict[str, Retention] = {}
+        self.policy = ChannelPolicy(Retention(size=s.history_size, ttl=s.history_ttl))
         for pattern, spec in s.channel_retention.items():
             self.set_retention(pattern, size=spec.size, ttl=spec.ttl)
         from .handlers import register_builtin_handlers
@@ -224,13 +221,13 @@ class Hub:
     def authorize_channel(self, hook: ChannelHook) -> ChannelHook:
         """Register ``hook(principal, channel) -> bool`` (sync or async) deciding subscriptions to
         ``private-…`` channels that the credential's ``channels`` claim does not grant."""
-        self._subscribe_hooks.append(hook)
+        self.policy.add_subscribe_hook(hook)
         return hook
 
     def publish_policy(self, hook: ChannelHook) -> ChannelHook:
         """Replace the default publish policy (authenticated subscribers of non-private
         channels) with ``hook(principal, channel) -> bool``."""
-        self._publish_hook = hook
+        self.policy.set_publish_hook(hook)
         return hook
 
     def set_retention(
@@ -239,22 +236,10 @@ class Hub:
         """History for the channel ``pattern`` names (``chat-*``: every channel starting with
         ``chat-``), instead of ``WS_HISTORY_SIZE`` / ``WS_HISTORY_TTL``. ``None`` keeps the
         default for that bound. The longest matching pattern wins."""
-        self._retention[pattern] = Retention(
-            size=self._history.size if size is None else size,
-            ttl=self._history.ttl if ttl is None else ttl,
-        )
-        # Longest first, so that the first match is the most specific one.
-        self._retention = dict(sorted(self._retention.items(), key=lambda kv: -len(kv[0])))
+        self.policy.set_retention(pattern, size=size, ttl=ttl)
 
     def retention_for(self, channel: str) -> Retention:
-        if self._retention:
-            exact = self._retention.get(channel)
-            if exact is not None:
-                return exact
-            for pattern, retention in self._retention.items():
-                if pattern.endswith("*") and channel.startswith(pattern[:-1]):
-                    return retention
-        return self._history
+        return self.policy.retention_for(channel)
 
     # -- application API -------------------------------------------------------------------
 
@@ -511,7 +496,7 @@ class Hub:
         epoch: str | None = None,
         msg_id: str | None = None,
     ) -> None:
-        await self._check_subscribe(session, channel)
+        await self.policy.check_subscribe(session.principal, channel)
         key = channel_key(channel)
         already = channel in session.channels
         session._recovering[key] = []
@@ -555,33 +540,11 @@ class Hub:
         return True
 
     async def check_publish(self, session: Session, channel: str) -> None:
-        principal = session.principal
-        if self._publish_hook is not None:
-            if not await _call_hook(self._publish_hook, principal, channel):
-                raise Forbidden(f"Publishing to {channel!r} is not allowed")
-            return
-        if principal is None:
-            raise NotAuthenticated("Authenticate before publishing")
-        if channel_kind(channel) is ChannelKind.PRIVATE:
-            raise Forbidden(f"Publishing to private channel {channel!r} is not allowed")
-        if channel not in session.channels:
-            raise Forbidden(f"Subscribe to {channel!r} before publishing to it")
+        await self.policy.check_publish(
+            session.principal, channel, subscribed=channel in session.channels
+        )
 
     # -- internals -------------------------------------------------------------------------
-
-    async def _check_subscribe(self, session: Session, channel: str) -> None:
-        kind = channel_kind(channel)
-        if kind is ChannelKind.PUBLIC:
-            return
-        principal = session.principal
-        if principal is None:
-            raise NotAuthenticated(f"Authenticate before subscribing to {channel!r}")
-        if kind is ChannelKind.PRESENCE or claim_grants(principal, channel):
-            return
-        for hook in self._subscribe_hooks:
-            if await _call_hook(hook, principal, channel):
-                return
-        raise Forbidden(f"Not allowed to subscribe to {channel!r}")
 
     async def _read_gap(
         self, key: str, since: int, epoch: str | None, resuming: bool
@@ -739,10 +702,3 @@ class Hub:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             logger.error("background broker call failed", exc_info=task.exception())
-
-
-async def _call_hook(hook: ChannelHook, principal: Principal | None, channel: str) -> bool:
-    result = hook(principal, channel)
-    if inspect.isawaitable(result):
-        result = await result
-    return bool(result)
