@@ -168,3 +168,23 @@ async def test_metrics_count_messages_by_type_and_handler_latency(server: TestSe
     assert "wshub_handler_seconds_count 3.0" in text  # ping, subscribe, publish
     assert "wshub_connections 1.0" in text
     assert "wshub_outbound_queued_bytes" in text
+
+
+async def test_stats_describe_this_node_for_dashboards(
+    server: TestServer, api: httpx.AsyncClient
+) -> None:
+    async with server.connect(user="sam") as ws, server.connect() as anon:
+        await ws.expect("welcome")
+        await anon.expect("welcome")
+        await ws.request("subscribe", {"channel": "busy"})
+        await anon.request("subscribe", {"channel": "busy"})
+        await anon.request("subscribe", {"channel": "quiet"})
+        stats = (await api.get("/api/stats")).json()
+    assert stats["nodeId"] == server.hub.node_id and stats["nodes"] == [server.hub.node_id]
+    assert stats["connections"] == 2 and stats["users"] == 1
+    assert stats["channels"] == [
+        {"channel": "busy", "subscribers": 2},
+        {"channel": "quiet", "subscribers": 1},
+    ]
+    assert stats["messagesIn"]["subscribe"] == 3
+    assert stats["counters"]["connections_opened"] == 2

@@ -343,6 +343,23 @@ class Hub:
     def user_ids(self) -> list[UserId]:
         return list(self._users)
 
+    def queued_bytes(self) -> int:
+        """Bytes waiting to be written to this node's clients."""
+        total = 0
+        for session in self.sessions.values():
+            outbox = getattr(session.conn, "outbox", None)
+            total += (
+                outbox.pending_bytes
+                if outbox is not None
+                else getattr(session.conn, "pending_bytes", 0)
+            )
+        return total
+
+    async def nodes(self) -> list[str]:
+        """Ids of the live nodes of the cluster (just this one without a shared broker)."""
+        nodes = getattr(self.presence_registry, "nodes", None)
+        return list(await nodes()) if nodes is not None else [self.node_id]
+
     # -- transport side --------------------------------------------------------------------
 
     async def verify_token(self, token: str) -> Principal:

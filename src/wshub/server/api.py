@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from pydantic import BaseModel, Field, StrictStr, field_validator
 
 from ..core.hub import Hub
-from ..protocol import RESERVED_TYPES, ChannelName, NotificationPayload
+from ..protocol import RESERVED_TYPES, ChannelName, NotificationPayload, now_ms
 from ..types import JSON
 
 __all__ = ["build_api_router"]
@@ -65,6 +65,26 @@ class UserStatus(BaseModel):
 class PresenceResult(BaseModel):
     channel: str
     users: list[str]
+
+
+class ChannelStat(BaseModel):
+    channel: str
+    subscribers: int
+
+
+class StatsResult(BaseModel):
+    """This node's state and counters since start, for dashboards."""
+
+    nodeId: str
+    nodes: list[str]
+    time: int
+    connections: int
+    users: int
+    channels: list[ChannelStat]
+    queuedBytes: int
+    counters: dict[str, int]
+    messagesIn: dict[str, int]
+    messagesOut: dict[str, int]
 
 
 class HistoryResult(BaseModel):
@@ -132,6 +152,45 @@ def build_api_router(hub: Hub) -> APIRouter:
         items, pos = await hub.history(channel, since, limit)
         return HistoryResult(
             channel=channel, offset=pos.offset, epoch=pos.epoch, publications=items
+        )
+
+    @router.get("/stats", summary="Connections, users, channels and counters of this node")
+    async def stats() -> StatsResult:
+        st = hub.stats
+        channels = sorted(
+            (
+                ChannelStat(channel=c, subscribers=hub.subscriber_count(c))
+                for c in hub.channel_names()
+            ),
+            key=lambda c: -c.subscribers,
+        )
+        counters = {
+            name: getattr(st, name)
+            for name in (
+                "connections_opened",
+                "connections_closed",
+                "messages_in",
+                "deliveries",
+                "publications",
+                "user_messages",
+                "errors_sent",
+                "rate_limited",
+                "overflows",
+                "dropped",
+                "backend_errors",
+            )
+        }
+        return StatsResult(
+            nodeId=hub.node_id,
+            nodes=await hub.nodes(),
+            time=now_ms(),
+            connections=len(hub.sessions),
+            users=len(hub.user_ids()),
+            channels=channels[:200],
+            queuedBytes=hub.queued_bytes(),
+            counters=counters,
+            messagesIn=dict(st.in_by_type),
+            messagesOut=dict(st.out_by_type),
         )
 
     return router

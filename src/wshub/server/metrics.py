@@ -59,19 +59,8 @@ class _HubCollector:
         for type_, n in stats.out_by_type.items():
             by_out.add_metric([type_], n)
         yield by_out
-        pending_bytes = pending_frames = 0
-        for session in hub.sessions.values():
-            outbox = getattr(session.conn, "outbox", None)
-            if outbox is not None:  # ASGI connections
-                pending_bytes += outbox.pending_bytes
-                pending_frames += len(outbox)
-            else:  # native connections
-                pending_bytes += getattr(session.conn, "pending_bytes", 0)
         yield GaugeMetricFamily(
-            "wshub_outbound_queued_bytes", "Bytes queued for clients", value=pending_bytes
-        )
-        yield GaugeMetricFamily(
-            "wshub_outbound_queued_frames", "Frames queued for ASGI clients", value=pending_frames
+            "wshub_outbound_queued_bytes", "Bytes queued for clients", value=hub.queued_bytes()
         )
         cumulative, buckets = 0, []
         for bound, count in zip(

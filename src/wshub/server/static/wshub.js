@@ -334,6 +334,9 @@ export class WshubClient extends EventTarget {
    * over, keeping the subscriptions and stream positions.
    */
   connect() {
+    if (this.#state === "closing") {
+      return new Promise((resolve) => this.#closeWaiters.push(resolve)).then(() => this.connect());
+    }
     if (this.#state === "idle" || this.#state === "closed") {
       this.#closing = false;
       this.#attempt = 0;
@@ -615,7 +618,7 @@ export class WshubClient extends EventTarget {
       const why = this.#closing
         ? "Closed by the application"
         : policy === false || !shouldReconnect(code)
-          ? `Closed by the server (${code}${reason ? ` ${reason}` : ""})`
+          ? `Connection closed (${code}${reason ? ` ${reason}` : ""}), not reconnecting`
           : `Gave up reconnecting after ${this.#attempt} attempt(s)`;
       this.#finish(new WshubError("closed", why, { closeCode: code }));
       return;
