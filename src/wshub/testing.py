@@ -168,12 +168,17 @@ class TestServer:
 
 @contextlib.asynccontextmanager
 async def run_server(
-    settings: Settings | None = None, *, hub: Hub | None = None, **uvicorn_options: Any
+    settings: Settings | None = None,
+    *,
+    hub: Hub | None = None,
+    port: int | None = None,
+    **uvicorn_options: Any,
 ) -> AsyncIterator[TestServer]:
-    """Run the standalone app on a free loopback port inside the current event loop."""
+    """Run the standalone app on a loopback port (free, or ``port`` to restart on the same one)
+    inside the current event loop."""
     if settings is None:
         settings = hub.settings if hub is not None else Settings()
-    port = free_port()
+    port = port or free_port()
     settings = settings.model_copy(update={"host": "127.0.0.1", "port": port})
     if hub is not None:
         hub.settings = settings

@@ -276,3 +276,20 @@ async def test_application_api_notify_broadcast_and_status(server: TestServer) -
     assert await hub.wait_idle(5)
     assert not session.is_open
     assert not await hub.is_user_connected("erin")
+
+
+async def test_a_handshake_authenticated_connection_can_resume_with_since(
+    server: TestServer,
+) -> None:
+    for i in range(1, 4):
+        await server.hub.send_to_user("hal", "note", {"n": i})
+    async with server.connect(user="hal") as ws:
+        await ws.expect("welcome")
+        await ws.expect("authenticated")
+        assert [(await ws.expect("note"))["payload"]["n"] for _ in range(3)] == [1, 2, 3]
+        again = await ws.request("authenticate", {"token": server.token("hal"), "since": 1})
+        assert again["payload"]["recovered"] is True and again["payload"]["offset"] == 3
+        assert [(await ws.expect("note"))["offset"] for _ in range(2)] == [2, 3]
+        refresh = await ws.request("authenticate", {"token": server.token("hal")})
+        assert "recovered" not in refresh["payload"]
+        assert (await ws.request("ping"))["type"] == "pong"  # nothing replayed on a refresh

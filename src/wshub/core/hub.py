@@ -473,8 +473,11 @@ class Hub:
             if current.user_id != principal.user_id:
                 raise AuthFailed("This connection is already authenticated as another user")
             session.principal = principal  # a refreshed token: new claims, same stream
-            pos = await self.store.position(user_key(principal.user_id))
-            session.send("authenticated", self._auth_payload(session, pos, None), id=msg_id)
+            if since is None:
+                pos = await self.store.position(user_key(principal.user_id))
+                session.send("authenticated", self._auth_payload(session, pos, None), id=msg_id)
+            else:  # e.g. authenticated at the handshake, now asking to resume exactly
+                await self._catch_up_user(session, principal.user_id, since, epoch, msg_id)
             return
         uid = principal.user_id
         if not await self._user_has_room(uid):
@@ -486,6 +489,7 @@ class Hub:
         if session._auth_timer is not None:
             session._auth_timer.cancel()
             session._auth_timer = None
+        # Live messages from the moment the session is registered wait for the replay.
         session._recovering[key] = []
         users = self._users.get(uid)
         if users is None:
@@ -494,6 +498,24 @@ class Hub:
         users.add(session)
         try:
             await self.presence_registry.connect(uid, session.id)
+        except BaseException:
+            session._recovering.pop(key, None)
+            raise
+        await self._catch_up_user(session, uid, since, epoch, msg_id)
+
+    async def _catch_up_user(
+        self,
+        session: Session,
+        uid: UserId,
+        since: int | None,
+        epoch: str | None,
+        msg_id: str | None,
+    ) -> None:
+        """Reply ``authenticated`` and send the user's stream from the delivery cursor (or from
+        ``since``), holding back live messages until the replay is out."""
+        key = user_key(uid)
+        session._recovering.setdefault(key, [])
+        try:
             start = since if since is not None else await self.store.cursor(key)
             messages, pos, recovered = await self._read_gap(key, start, epoch, since is not None)
         except BaseException:
