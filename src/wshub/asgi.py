@@ -22,7 +22,7 @@ from .core.hub import Hub
 from .core.outbox import Outbox
 from .errors import AuthFailed
 from .handshake import handshake_token, origin_allowed
-from .protocol import CloseCode, Frame
+from .protocol import CloseCode, Frame, FrameBatch
 from .types import Principal
 
 __all__ = ["ASGIConnection", "HubMiddleware", "WebSocketApp"]
@@ -47,6 +47,9 @@ class ASGIConnection:
 
     def send(self, frame: Frame) -> bool:
         return self.outbox.put(frame)
+
+    def send_batch(self, batch: FrameBatch) -> bool:
+        return self.outbox.put_all(batch.frames)
 
     def close(self, code: int = 1000, reason: str = "", *, drain: bool = True) -> None:
         if self._close is None:

@@ -34,6 +34,15 @@ def create_store(url: str) -> Store:
             return SQLiteStore(path_from_url(url))
         except ValueError as exc:
             raise ConfigError(f"WS_STORE_URL: {exc}") from None
+    if url.startswith(("redis://", "rediss://")):
+        from .brokers.redis import parse_redis_url
+        from .stores.redis import RedisStore
+
+        try:
+            redis_url = parse_redis_url(url)
+        except ValueError as exc:
+            raise ConfigError(f"WS_STORE_URL: {exc}") from None
+        return RedisStore(redis_url.url, prefix=redis_url.prefix or "wshub")
     raise ConfigError(f"WS_STORE_URL: no store for {url!r} yet")
 
 
@@ -42,6 +51,14 @@ def create_broker(url: str) -> Broker:
         from .brokers.memory import MemoryBroker
 
         return MemoryBroker()
+    if url.startswith(("redis://", "rediss://")):
+        from .brokers.redis import RedisBroker, parse_redis_url
+
+        try:
+            redis_url = parse_redis_url(url)
+        except ValueError as exc:
+            raise ConfigError(f"WS_BROKER_URL: {exc}") from None
+        return RedisBroker(redis_url.url, channel_prefix=(redis_url.prefix or "wshub") + ":")
     raise ConfigError(f"WS_BROKER_URL: no broker for {url!r} yet")
 
 
@@ -51,6 +68,17 @@ def create_presence(url: str) -> Presence:
         from .presence.memory import MemoryPresence
 
         return MemoryPresence()
+    if url.startswith(("redis://", "rediss://")):
+        from .brokers.redis import parse_redis_url
+        from .presence.redis import RedisPresence
+
+        try:
+            redis_url = parse_redis_url(url)
+        except ValueError as exc:
+            raise ConfigError(f"WS_BROKER_URL: {exc}") from None
+        return RedisPresence(
+            redis_url.url, prefix=redis_url.prefix or "wshub", node_ttl=redis_url.node_ttl or 10.0
+        )
     raise ConfigError(f"WS_BROKER_URL: no presence for {url!r} yet")
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from .types import Principal, StoredMessage, StreamPosition
 
 if TYPE_CHECKING:
-    from .protocol import Frame
+    from .protocol import Frame, FrameBatch
 
 __all__ = [
     "Authenticator",
@@ -37,12 +37,15 @@ class Connection(Protocol):
       queued before it and returns ``True``; it returns ``False`` without queueing when the
       connection's outbound limit would be exceeded (the hub then applies its overflow policy).
       After ``close`` it drops frames and returns ``True``.
+    - ``send_batch`` is ``send`` for every frame of the batch, in order, all or none.
     - ``close`` never blocks; it is idempotent. With ``drain=True`` the frames already queued are
       written before the close frame (bounded by the implementation's own timeout); otherwise
       they are dropped.
     """
 
     def send(self, frame: Frame) -> bool: ...
+
+    def send_batch(self, batch: FrameBatch) -> bool: ...
 
     def close(self, code: int = 1000, reason: str = "", *, drain: bool = True) -> None: ...
 

@@ -38,7 +38,7 @@ from .core.hub import Hub
 from .core.session import Session
 from .errors import AuthFailed
 from .handshake import handshake_token, origin_allowed
-from .protocol import CloseCode, Frame
+from .protocol import CloseCode, Frame, FrameBatch
 from .types import Principal
 
 __all__ = ["HubProtocol", "protocol_for", "register"]
@@ -176,6 +176,26 @@ class HubProtocol(asyncio.Protocol):
         if self._closing:
             return True
         wire = frame.wire
+        size = self._out_bytes + len(wire)
+        if size > self._max_bytes or len(self._out) >= self._max_frames:
+            return False
+        self._out.append(wire)
+        self._out_bytes = size
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+        return True
+
+    def send_batch(self, batch: FrameBatch) -> bool:
+        if self._closing:
+            return True
+        wire = batch.wire
+        if not self._out and not self._paused and self.transport is not None:
+            # Called at the end of a loop turn with nothing else queued: write it now.
+            if len(wire) > self._max_bytes:
+                return False
+            self.transport.write(wire)
+            return True
         size = self._out_bytes + len(wire)
         if size > self._max_bytes or len(self._out) >= self._max_frames:
             return False

@@ -30,6 +30,7 @@ __all__ = [
     "CloseCode",
     "ErrorCode",
     "Frame",
+    "FrameBatch",
     "Incoming",
     "NotificationPayload",
     "PublishPayload",
@@ -128,6 +129,28 @@ class Frame:
 
     def __repr__(self) -> str:
         return f"Frame({self.data[:60]!r}{'...' if len(self.data) > 60 else ''})"
+
+
+class FrameBatch:
+    """The frames one channel published during one event-loop turn, delivered together.
+
+    ``wire`` joins their RFC 6455 frames once, so each subscriber on a raw transport gets the
+    whole turn's traffic for the channel as one ``bytes`` object: one append per subscriber per
+    turn instead of one per frame.
+    """
+
+    __slots__ = ("_wire", "frames")
+
+    def __init__(self, frames: list[Frame]) -> None:
+        self.frames = frames
+        self._wire: bytes | None = None
+
+    @property
+    def wire(self) -> bytes:
+        if self._wire is None:
+            frames = self.frames
+            self._wire = frames[0].wire if len(frames) == 1 else b"".join(f.wire for f in frames)
+        return self._wire
 
 
 def encode(

@@ -51,6 +51,20 @@ class Outbox:
             waiter.set_result(None)
         return True
 
+    def put_all(self, frames: list[Frame]) -> bool:
+        """Queue every frame, or none of them when they do not all fit."""
+        if self.closed:
+            return True
+        size = sum(len(f.data) for f in frames)
+        if self._bytes + size > self.max_bytes or len(self._frames) + len(frames) > self.max_frames:
+            return False
+        self._frames.extend(frames)
+        self._bytes += size
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        return True
+
     async def take(self) -> list[Frame]:
         """Wait until a frame is queued or the outbox is closed; return (and remove) all queued.
 

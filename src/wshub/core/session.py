@@ -111,8 +111,12 @@ class Session:
     # -- sending ---------------------------------------------------------------------------
 
     def send_frame(self, frame: Frame) -> None:
-        if self.open and not self.conn.send(frame):
-            self.hub._on_overflow(self)
+        if self.open:
+            hub = self.hub
+            if hub._batches and self.channels:  # keep order with this turn's publications
+                hub._send_pending_to(self)
+            if not self.conn.send(frame):
+                hub._on_overflow(self)
 
     def send(
         self, type_: str, payload: JSONObject, *, id: str | None = None, offset: int | None = None

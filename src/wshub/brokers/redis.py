@@ -1,0 +1,442 @@
+"""A :class:`~wshub.interfaces.Broker` over Redis Pub/Sub, for hubs on several nodes.
+
+Each topic is one Redis channel, ``<channel_prefix><topic>`` (``wshub:c:news``, ``wshub:u:alice``,
+``wshub:*``), and a node subscribes only to the topics its connections need: a node without a
+subscriber for a channel never receives the channel's traffic. A Redis message is the publishing
+node's 16-character id followed by the hub's bytes; a node drops its own messages.
+
+Two connections per node: a pool for ``PUBLISH`` (one command per :meth:`RedisBroker.publish`,
+pipelined with the calls made meanwhile, in call order), and one subscriber connection read by a
+background task. When the subscriber connection breaks, the task reconnects with exponential
+backoff and jitter, forever, and subscribes again to every topic; meanwhile ``publish`` fails at
+once with :class:`~wshub.errors.BackendUnavailable` and local delivery goes on. A subscriber
+connection that goes silent (no answer to ``PING`` within ``ping_interval``) counts as broken.
+
+This module also holds the connection helpers the Redis store and presence share.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import random
+import uuid
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from ..errors import BackendUnavailable
+from ..interfaces import BrokerHandler
+
+__all__ = [
+    "BROADCAST_TOPIC",
+    "RedisBroker",
+    "RedisURL",
+    "connect_redis",
+    "parse_redis_url",
+    "ping",
+    "redis_errors",
+    "stop_task",
+]
+
+logger = logging.getLogger("wshub.brokers.redis")
+
+BROADCAST_TOPIC = "*"
+_NODE_ID_LEN = 16
+
+#: Errors meaning "Redis cannot answer right now", as opposed to a wrong command.
+REDIS_DOWN: tuple[type[BaseException], ...] = (
+    RedisConnectionError,  # includes BusyLoadingError: a restarted Redis still loading its data
+    RedisTimeoutError,
+    ReadOnlyError,  # a replica after a failover
+    OSError,
+    TimeoutError,
+)
+
+
+# -- shared by the Redis store, broker and presence ------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RedisURL:
+    """A ``redis://`` URL split into what redis-py reads and wshub's own query options:
+    ``?prefix=myapp`` (key and channel prefix, default ``wshub``) and ``?node_ttl=10`` (seconds
+    after which a silent node counts as dead)."""
+
+    url: str
+    prefix: str | None = None
+    node_ttl: float | None = None
+
+
+def parse_redis_url(url: str) -> RedisURL:
+    """Take wshub's options out of a ``redis://`` / ``rediss://`` URL; ValueError when invalid."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        raise ValueError(f"not a redis:// URL: {url!r}")
+    kept: list[tuple[str, str]] = []
+    prefix: str | None = None
+    node_ttl: float | None = None
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key == "prefix":
+            prefix = check_prefix(value)
+        elif key == "node_ttl":
+            try:
+                node_ttl = float(value)
+            except ValueError:
+                node_ttl = -1.0
+            if not node_ttl > 0 or math.isinf(node_ttl):
+                raise ValueError(f"node_ttl must be a positive number of seconds, not {value!r}")
+        else:
+            kept.append((key, value))
+    clean = urlunsplit(parts._replace(query=urlencode(kept)))
+    return RedisURL(clean, prefix, node_ttl)
+
+
+def check_prefix(prefix: str) -> str:
+    """Key prefixes must not contain braces: they would change the keys' hash tags."""
+    if not prefix or "{" in prefix or "}" in prefix:
+        raise ValueError(f"a Redis key prefix must be non-empty and without braces: {prefix!r}")
+    return prefix
+
+
+def connect_redis(url: str, *, timeout: float, name: str, max_connections: int = 32) -> Redis:
+    """A client that fails fast: ``timeout`` seconds to connect, send or read, and no hidden
+    retries (a retried write could be applied twice). At most ``max_connections`` at once; a
+    burst beyond them waits for a free one instead of failing. Nothing is sent until the first
+    command."""
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=max(5.0, timeout),
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+        client_name=name,
+    )
+    return Redis.from_pool(pool)
+
+
+def describe(url: str) -> str:
+    """``host:port/db`` of a Redis URL, without credentials, for messages."""
+    parts = urlsplit(url)
+    return f"{parts.hostname or 'localhost'}:{parts.port or 6379}{parts.path or ''}"
+
+
+@contextlib.contextmanager
+def redis_errors(where: str) -> Iterator[None]:
+    """Turn "Redis cannot answer" into :class:`BackendUnavailable` naming ``where``."""
+    try:
+        yield
+    except REDIS_DOWN as exc:
+        raise BackendUnavailable(f"{where} is unavailable: {exc or type(exc).__name__}") from exc
+
+
+async def ping(client: Redis, timeout: float) -> bool:
+    """Whether Redis answers ``PING`` within ``timeout`` seconds."""
+    try:
+        return bool(await asyncio.wait_for(client.ping(), timeout))
+    except REDIS_DOWN:  # includes the wait_for timeout
+        return False
+
+
+async def stop_task(task: asyncio.Task[Any]) -> None:
+    """Cancel ``task`` and wait until it has ended.
+
+    Cancelling once is not enough: on Python 3.11 ``asyncio.wait_for``, which redis-py wraps
+    around every send, swallows a cancellation that arrives just as the send completes
+    (CPython gh-86296, fixed in 3.12). So cancel again until the task is really done."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.1)
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("background task %s failed", task.get_name(), exc_info=task.exception())
+
+
+class Backoff:
+    """Exponential delays with jitter: each is between half and all of ``first * 2**n``,
+    capped at ``cap`` seconds, so that nodes that lost Redis together don't return in step."""
+
+    def __init__(self, first: float, cap: float) -> None:
+        self.first = first
+        self.cap = cap
+        self._next = first
+
+    def reset(self) -> None:
+        self._next = self.first
+
+    def delay(self) -> float:
+        current = self._next
+        self._next = min(self.cap, current * 2)
+        return random.uniform(current / 2, current)
+
+
+# -- the broker --------------------------------------------------------------------------------
+
+
+class RedisBroker:
+    """Fan-out between hub nodes through Redis Pub/Sub (see the module docstring).
+
+    ``timeout`` bounds every Redis call (connect, send, read); ``ping_interval`` is how long the
+    subscriber connection may stay silent before it is checked with ``PING``;
+    ``reconnect_delay`` is the (first, largest) pause between reconnection attempts.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        channel_prefix: str = "wshub:",
+        timeout: float = 1.5,
+        ping_interval: float = 5.0,
+        reconnect_delay: tuple[float, float] = (0.05, 2.0),
+    ) -> None:
+        self.url = url
+        self.where = f"Redis broker at {describe(url)}"
+        self.node_id = uuid.uuid4().hex[:_NODE_ID_LEN]
+        self._tag = self.node_id.encode()
+        self._prefix = channel_prefix.encode()
+        self._timeout = timeout
+        self._ping_interval = ping_interval
+        self._backoff = Backoff(*reconnect_delay)
+        self._client: Redis | None = None
+        self._handler: BrokerHandler | None = None
+        # The topics this node wants; the subscriber connection is brought in line with it.
+        self._topics: set[str] = {BROADCAST_TOPIC}
+        # Serialises (UN)SUBSCRIBE commands and reconnection, so the last one sent matches
+        # the latest wanted state.
+        self._lock = asyncio.Lock()
+        self._conn: AbstractConnection | None = None
+        # One future per SUBSCRIBE sent for a channel, resolved by its confirmation (in order).
+        self._confirmations: dict[bytes, deque[asyncio.Future[None]]] = {}
+        self._reader: asyncio.Task[None] | None = None
+        self._outgoing: list[tuple[bytes, bytes, asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @property
+    def connected(self) -> bool:
+        """Whether the subscriber connection is up (messages from other nodes arrive)."""
+        return self._conn is not None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self, handler: BrokerHandler) -> None:
+        """Connect and subscribe to the wanted topics; BackendUnavailable if Redis can't be
+        reached now (a node refuses to start rather than run cut off from the others)."""
+        if self._reader is not None:
+            return
+        self._handler = handler
+        self._closed = False
+        self._client = connect_redis(self.url, timeout=self._timeout, name="wshub-broker")
+        try:
+            conn = await self._connect()
+        except BaseException:
+            await self._client.aclose()
+            self._client = None
+            raise
+        self._reader = asyncio.create_task(self._run(conn), name="wshub-redis-broker")
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._reader is not None:
+            await stop_task(self._reader)
+            self._reader = None
+        if self._flusher is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+        self._handler = None
+
+    async def healthy(self) -> bool:
+        """Redis answers PING, and the subscriber connection is up."""
+        return self._client is not None and self.connected and await ping(self._client, 1.0)
+
+    # -- Broker --------------------------------------------------------------------------------
+
+    async def publish(self, topic: str, data: bytes) -> None:
+        """One ``PUBLISH``; returns when Redis took it. Calls made while a batch is in flight go
+        together in the next one, in call order (one connection at a time, so order holds)."""
+        if self._closed or self._client is None:
+            raise BackendUnavailable(f"{self.where}: the broker is not running")
+        future = asyncio.get_running_loop().create_future()
+        self._outgoing.append((self._prefix + topic.encode(), self._tag + data, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        await future
+
+    async def subscribe(self, topic: str) -> None:
+        """Receive ``topic`` from now on: returns once Redis confirmed the subscription. While
+        Redis is unreachable it returns at once; the topic is subscribed on reconnection."""
+        self._topics.add(topic)
+        channel = self._prefix + topic.encode()
+        async with self._lock:
+            if topic not in self._topics or self._conn is None:
+                return
+            confirmed = self._expect(channel)
+            try:
+                await self._conn.send_command("SUBSCRIBE", channel)
+            except REDIS_DOWN:
+                return  # the reader notices too, and subscribes again on reconnection
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(confirmed), self._timeout)
+
+    async def unsubscribe(self, topic: str) -> None:
+        """Stop receiving ``topic``: messages for it are dropped from now on."""
+        if topic == BROADCAST_TOPIC:
+            return  # every node receives broadcasts
+        self._topics.discard(topic)
+        async with self._lock:
+            if topic in self._topics or self._conn is None:
+                return
+            with contextlib.suppress(*REDIS_DOWN):
+                await self._conn.send_command("UNSUBSCRIBE", self._prefix + topic.encode())
+
+    # -- publishing ----------------------------------------------------------------------------
+
+    async def _flush(self) -> None:
+        assert self._client is not None
+        while self._outgoing:
+            batch, self._outgoing = self._outgoing, []
+            error: BaseException | None = None
+            try:
+                with redis_errors(self.where):
+                    async with self._client.pipeline(transaction=False) as pipe:
+                        for channel, payload, _ in batch:
+                            pipe.publish(channel, payload)
+                        await pipe.execute()
+            except BackendUnavailable as exc:
+                error = exc
+            for _, _, future in batch:
+                if future.done():  # the caller was cancelled
+                    continue
+                if error is None:
+                    future.set_result(None)
+                else:
+                    future.set_exception(error)
+
+    # -- the subscriber connection -------------------------------------------------------------
+
+    def _expect(self, channel: bytes) -> asyncio.Future[None]:
+        future = asyncio.get_running_loop().create_future()
+        self._confirmations.setdefault(channel, deque()).append(future)
+        return future
+
+    async def _connect(self) -> AbstractConnection:
+        """Open a subscriber connection and subscribe to every wanted topic (confirmed)."""
+        assert self._client is not None
+        pool = self._client.connection_pool
+        conn = pool.connection_class(**pool.connection_kwargs)
+        try:
+            with redis_errors(self.where):
+                await conn.connect()  # type: ignore[no-untyped-call]  # untyped in redis-py
+                async with self._lock:
+                    channels = sorted(self._prefix + t.encode() for t in self._topics)
+                    await conn.send_command("SUBSCRIBE", *channels)
+                    for _ in channels:  # nothing else is sent on it before these replies
+                        reply = await conn.read_response(
+                            disconnect_on_error=False, push_request=True
+                        )
+                        if not (isinstance(reply, list) and reply[:1] == [b"subscribe"]):
+                            raise RedisConnectionError(f"unexpected reply {reply!r}")
+                    self._conn = conn
+        except BaseException:
+            await conn.disconnect(nowait=True)
+            raise
+        return conn
+
+    async def _run(self, conn: AbstractConnection) -> None:
+        """Read the subscriber connection; when it breaks, reconnect until it works again."""
+        while True:
+            try:
+                await self._read(conn)
+            except REDIS_DOWN as exc:
+                logger.warning("%s: subscriber connection lost (%s); reconnecting", self.where, exc)
+            except Exception:
+                logger.exception("%s: subscriber connection failed; reconnecting", self.where)
+            finally:
+                async with self._lock:  # no (UN)SUBSCRIBE is half-sent on it any more
+                    self._conn = None
+                self._settle_confirmations()
+                await conn.disconnect(nowait=True)
+            conn = await self._reconnect()
+
+    async def _reconnect(self) -> AbstractConnection:
+        self._backoff.reset()
+        attempts = 0
+        while True:
+            await asyncio.sleep(self._backoff.delay())
+            attempts += 1
+            try:
+                conn = await self._connect()
+            except BackendUnavailable as exc:
+                log = logger.warning if attempts % 20 == 1 else logger.debug
+                log("%s: reconnection attempt %d failed: %s", self.where, attempts, exc)
+                continue
+            logger.warning(
+                "%s: reconnected after %d attempt(s); %d topic(s) subscribed again",
+                self.where,
+                attempts,
+                len(self._topics),
+            )
+            return conn
+
+    async def _read(self, conn: AbstractConnection) -> None:
+        pinged = False
+        while True:
+            # push_request: with RESP3 (redis-py's default) messages are pushes; RESP2 ignores it
+            reply: Any = await conn.read_response(
+                timeout=self._ping_interval, disconnect_on_error=False, push_request=True
+            )
+            if reply is None:  # silent for ping_interval: is the connection still there?
+                if pinged:
+                    raise RedisConnectionError("no answer to PING")
+                async with self._lock:
+                    await conn.send_command("PING")
+                pinged = True
+                continue
+            pinged = False
+            kind = reply[0]
+            if kind == b"message":
+                self._deliver(reply[1], reply[2])
+            elif kind == b"subscribe":
+                waiting = self._confirmations.get(reply[1])
+                if waiting:
+                    future = waiting.popleft()
+                    if not future.done():
+                        future.set_result(None)
+                    if not waiting:
+                        del self._confirmations[reply[1]]
+
+    def _deliver(self, channel: bytes, payload: bytes) -> None:
+        if payload[:_NODE_ID_LEN] == self._tag or self._handler is None:
+            return  # our own publication: delivered locally already
+        topic = channel[len(self._prefix) :].decode(errors="replace")
+        if topic not in self._topics:
+            return  # unsubscribed while the message was on its way
+        try:
+            self._handler(topic, payload[_NODE_ID_LEN:])
+        except Exception:
+            logger.exception("broker handler failed for topic %r", topic)
+
+    def _settle_confirmations(self) -> None:
+        """The connection is gone: nobody waits for its confirmations any more (the topics
+        are subscribed again on reconnection)."""
+        for waiting in self._confirmations.values():
+            for future in waiting:
+                if not future.done():
+                    future.set_result(None)
+        self._confirmations.clear()
