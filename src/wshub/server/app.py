@@ -79,6 +79,11 @@ def create_app(settings: Settings | None = None, *, hub: Hub | None = None) -> F
     async def ws_test_page() -> FileResponse:
         return FileResponse(STATIC / "ws-test.html", media_type="text/html")
 
+    @app.get("/admin", include_in_schema=False)
+    async def dashboard() -> FileResponse:
+        # The page holds no data: it asks for the API key and reads /api/stats with it.
+        return FileResponse(STATIC / "admin.html", media_type="text/html")
+
     @app.get("/wshub.js", include_in_schema=False)
     async def js_client() -> FileResponse:
         return FileResponse(STATIC / "wshub.js", media_type="text/javascript")
