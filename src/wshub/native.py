@@ -1,7 +1,7 @@
 """The hub's endpoint on the raw transport: a uvicorn WebSocket protocol class.
 
 ASGI hands a server one frame per awaited ``send``. This protocol sits where uvicorn's own
-WebSocket implementation would, takes the connection for the hub's path, and writes each
+WebSocket implementation would, takes the connections for the hub's path, and writes each
 connection **once per event-loop turn**: every frame queued for a socket during a turn is joined
 into one ``transport.write`` (flushed by ``call_soon``, so no timer and no added latency).
 Frames are built once per message (:attr:`Frame.wire`) and shared by every subscriber.
@@ -12,16 +12,17 @@ implementation, so the rest of an app keeps plain ASGI. Use it::
     wshub serve                                         # the standalone server does
     uvicorn app:app --ws wshub.native:HubProtocol       # an app with WebSocketApp(hub) mounted
 
-Incoming bytes are parsed by the ``websockets`` sans-I/O protocol (handshake, framing, control
-frames, size limit before buffering). A client's messages are handled one at a time and in
-order; a message whose handler completes without suspending (``ping``, ``publish`` on the memory
-store...) is handled inside ``data_received`` itself, without creating a task.
+The opening handshake is parsed and answered by the ``websockets`` sans-I/O protocol. After it,
+frames are parsed here (:func:`parse_frames`): RFC 6455 for a server without extensions, with
+the message size checked from the frame header, before the payload is buffered. A client's
+messages are handled one at a time and in order; a message whose handler completes without
+suspending (``ping``, ``publish`` on the memory store...) is handled inside ``data_received``
+itself, without creating a task.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import types
 import weakref
@@ -29,14 +30,18 @@ from collections import deque
 from collections.abc import Coroutine, Generator
 from typing import Any, ClassVar, cast
 
-from websockets.frames import Frame as WSFrame
-from websockets.frames import Opcode
 from websockets.http11 import Request
 from websockets.server import ServerProtocol
+
+try:  # the C helper that ships with websockets; the pure-Python one otherwise
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover
+    from websockets.utils import apply_mask
 
 from .core.hub import Hub
 from .core.session import Session
 from .errors import AuthFailed
+from .framing import OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, close_frame, frame
 from .handshake import handshake_token, origin_allowed
 from .protocol import CloseCode, Frame, FrameBatch
 from .types import Principal
@@ -50,8 +55,32 @@ _hubs: weakref.WeakValueDictionary[str, Hub] = weakref.WeakValueDictionary()
 
 #: Messages waiting behind a suspended handler before the socket stops being read.
 MAX_BACKLOG = 64
+#: Fragments one message may have (each costs a frame header to parse; a flood of empty
+#: continuation frames must end somewhere even though it adds no bytes).
+MAX_FRAGMENTS = 1024
 #: Seconds to wait for the client's close frame (or for a dead peer) before aborting.
 CLOSE_TIMEOUT = 5.0
+OP_CONT = 0x0
+
+# Close codes a peer may send (RFC 6455 7.4 and the IANA registry).
+_VALID_CLOSE_CODES = frozenset(
+    {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014}
+)
+
+_CONNECTING, _OPEN, _CLOSING, _CLOSED = range(4)
+
+
+class ProtocolViolation(Exception):
+    """A frame that fails the connection: carries the close code to send, and the frames
+    parsed before it (which are still handled)."""
+
+    def __init__(
+        self, code: int, reason: str, frames: list[tuple[int, bool, bytes]] | None = None
+    ) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+        self.frames = frames or []
 
 
 def register(hub: Hub, path: str | None = None) -> None:
@@ -83,28 +112,28 @@ class HubProtocol(asyncio.Protocol):
         self._loop = _loop or asyncio.get_event_loop()
         self._fallback: asyncio.Protocol | None = None
         self._hub: Hub | None = None
-        self._ws: ServerProtocol | None = None
+        self._handshake_ws: ServerProtocol | None = None
         self._session: Session | None = None
         self.transport: asyncio.Transport | None = None
+        self._state = _CONNECTING
+        # incoming
+        self._buf = bytearray()
+        self._max_size = 0
+        self._fragments: bytearray | None = None
+        self._fragment_opcode = 0
+        self._fragment_count = 0
+        self._busy: asyncio.Future[None] | None = None
+        self._backlog: deque[str] = deque()
+        self._reading_paused = False
         # outgoing: frames of this loop turn, joined on flush
         self._out: list[bytes] = []
         self._out_bytes = 0
         self._flush_scheduled = False
         self._paused = False
-        self._closing = False
-        self._close_timer: asyncio.TimerHandle | None = None
-        # incoming: messages are handled in order, one at a time
-        self._busy: asyncio.Future[None] | None = None
-        self._backlog: deque[str] = deque()
-        self._reading_paused = False
-        self._fragments: list[bytes] | None = None
-        self._fragment_opcode: Opcode | None = None
-        self._ready = False
-        self._handshaking = False
-        self._early: list[Any] = []
-        self.awaiting_pong = False
         self._max_bytes = 0
         self._max_frames = 0
+        self._close_timer: asyncio.TimerHandle | None = None
+        self.awaiting_pong = False
 
     # -- asyncio.Protocol --------------------------------------------------------------------
 
@@ -116,39 +145,25 @@ class HubProtocol(asyncio.Protocol):
         if self._fallback is not None:
             self._fallback.data_received(data)
             return
-        ws = self._ws
-        if ws is None:
-            ws = self._choose(data)
-            if ws is None:
-                return
-        try:
-            ws.receive_data(data)
-        except EOFError:  # data after the close handshake: ignored, as RFC 6455 says
-            return
-        events = ws.events_received()
-        if events:
-            if self._ready:
-                self._handle(events)
-            else:
-                self._early.extend(events)
-                if not self._handshaking and isinstance(events[0], Request):
-                    self._handshaking = True
-                    self._start_handshake(events[0])
-        self._pump()
+        state = self._state
+        if state in (_OPEN, _CLOSING):
+            self._receive(data)
+        elif state == _CONNECTING:
+            if self._hub is None:
+                self._start(data)
+            else:  # frames that arrive while the handshake is being decided
+                self._buf += data
 
     def eof_received(self) -> bool | None:
         if self._fallback is not None:
             return self._fallback.eof_received()
-        if self._ws is not None:
-            self._ws.receive_eof()
-            self._pump()
-        return None
+        return None  # the transport closes itself
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._fallback is not None:
             self._fallback.connection_lost(exc)
             return
-        self._closing = True
+        self._state = _CLOSED
         if self._close_timer is not None:
             self._close_timer.cancel()
         if self._hub is not None:
@@ -173,21 +188,12 @@ class HubProtocol(asyncio.Protocol):
     # -- wshub Connection --------------------------------------------------------------------
 
     def send(self, frame: Frame) -> bool:
-        if self._closing:
+        if self._state != _OPEN:
             return True
-        wire = frame.wire
-        size = self._out_bytes + len(wire)
-        if size > self._max_bytes or len(self._out) >= self._max_frames:
-            return False
-        self._out.append(wire)
-        self._out_bytes = size
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
-        return True
+        return self._queue(frame.wire)
 
     def send_batch(self, batch: FrameBatch) -> bool:
-        if self._closing:
+        if self._state != _OPEN:
             return True
         wire = batch.wire
         if not self._out and not self._paused and self.transport is not None:
@@ -196,15 +202,7 @@ class HubProtocol(asyncio.Protocol):
                 return False
             self.transport.write(wire)
             return True
-        size = self._out_bytes + len(wire)
-        if size > self._max_bytes or len(self._out) >= self._max_frames:
-            return False
-        self._out.append(wire)
-        self._out_bytes = size
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
-        return True
+        return self._queue(wire)
 
     @property
     def pending_bytes(self) -> int:
@@ -213,20 +211,19 @@ class HubProtocol(asyncio.Protocol):
         return self._out_bytes + buffered
 
     def close(self, code: int = 1000, reason: str = "", *, drain: bool = True) -> None:
-        if self._closing or self._ws is None:
+        """Start the closing handshake (queued frames first with ``drain``)."""
+        if self._state != _OPEN:
             return
-        self._closing = True
+        self._state = _CLOSING
         if not drain:
             self._out.clear()
             self._out_bytes = 0
-        with contextlib.suppress(Exception):  # already closing on the protocol level
-            self._ws.send_close(code, reason)
-        self._pump()
+        self._write_now(close_frame(code, reason))
         self._close_timer = self._loop.call_later(CLOSE_TIMEOUT, self._abort)
 
-    # -- handshake -----------------------------------------------------------------------------
+    # -- handshake ---------------------------------------------------------------------------
 
-    def _choose(self, data: bytes) -> ServerProtocol | None:
+    def _start(self, data: bytes) -> None:
         """Take the connection if its path is a hub's, else hand it to uvicorn's protocol."""
         line = data.split(b"\r\n", 1)[0].split(b" ")
         target = line[1].decode("latin-1") if len(line) > 1 else ""
@@ -235,18 +232,25 @@ class HubProtocol(asyncio.Protocol):
         if hub is None or path != hub.settings.path:
             hub = _hubs.get(path)
         if hub is None:
-            self._hand_over()
-            assert self._fallback is not None
-            self._fallback.data_received(data)
-            return None
+            self._hand_over(data)
+            return
         self._hub = hub
         settings = hub.settings
+        self._max_size = settings.max_message_size
         self._max_bytes = settings.outbox_max_bytes
         self._max_frames = settings.outbox_max_messages
-        self._ws = ServerProtocol(max_size=settings.max_message_size)
-        return self._ws
+        ws = self._handshake_ws = ServerProtocol(max_size=settings.max_message_size)
+        ws.receive_data(data)  # uvicorn passes the whole request, rebuilt, in one call
+        events = ws.events_received()
+        if events and isinstance(events[0], Request):
+            task = self._loop.create_task(self._handshake(events[0]))
+            tasks: set[asyncio.Task[Any]] = self._server_state.tasks
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        else:  # not a request the sans-I/O protocol accepts: it has a 400 ready
+            self._write_handshake_output(close=True)
 
-    def _hand_over(self) -> None:
+    def _hand_over(self, data: bytes) -> None:
         from uvicorn.protocols.websockets.websockets_sansio_impl import (
             WebSocketsSansIOProtocol,
         )
@@ -260,28 +264,19 @@ class HubProtocol(asyncio.Protocol):
         assert self.transport is not None
         fallback.connection_made(self.transport)
         self._fallback = fallback
-
-    def _start_handshake(self, request: Request) -> None:
-        task = self._loop.create_task(self._handshake(request))
-        self._server_tasks().add(task)
-        task.add_done_callback(self._server_tasks().discard)
-
-    def _server_tasks(self) -> set[asyncio.Task[Any]]:
-        tasks: set[asyncio.Task[Any]] = self._server_state.tasks
-        return tasks
+        fallback.data_received(data)
 
     async def _handshake(self, request: Request) -> None:
-        hub, ws = self._hub, self._ws
-        assert hub is not None and ws is not None and self.transport is not None
+        hub, ws, transport = self._hub, self._handshake_ws, self.transport
+        assert hub is not None and ws is not None and transport is not None
         headers = {k.lower(): v for k, v in request.headers.raw_items()}
         principal: Principal | None = None
         status, reason = 0, ""
-        peer = self.transport.get_extra_info("peername")
+        peer = transport.get_extra_info("peername")
         if not origin_allowed(hub.settings, headers):
             status, reason = 403, "origin not allowed"
         else:
-            query = request.path.partition("?")[2]
-            token = handshake_token(query, headers)
+            token = handshake_token(request.path.partition("?")[2], headers)
             if token:
                 try:
                     principal = await hub.verify_token(token)
@@ -291,70 +286,131 @@ class HubProtocol(asyncio.Protocol):
                 refused = await hub.admit(peer[0] if peer else None, principal)
                 if refused is not None:
                     status, reason = refused
-        if self.transport.is_closing():
+        if transport.is_closing():
             return
         response = ws.reject(status, reason) if status else ws.accept(request)
         if status:
             response.headers["Content-Type"] = "text/plain; charset=utf-8"
         ws.send_response(response)
         if ws.handshake_exc is not None or status:
-            self._pump()
-            self.transport.close()
+            self._write_handshake_output(close=True)
             return
-        remote = f"{peer[0]}:{peer[1]}" if peer else None
+        self._write_handshake_output(close=False)
+        # Bytes the client sent right behind its request belong to the frame stream.
+        early = bytes(ws.reader.buffer) + bytes(self._buf)
+        self._buf = bytearray()
+        self._handshake_ws = None
         session = hub.open_session(
-            self, remote=remote, ip=peer[0] if peer else None, headers=headers
+            self,
+            remote=f"{peer[0]}:{peer[1]}" if peer else None,
+            ip=peer[0] if peer else None,
+            headers=headers,
         )
         self._session = session
+        self._state = _OPEN
         _heartbeat_for(hub).add(self)
-        self._pump()
         await hub.start_session(session, principal)
-        self._ready = True
-        early, self._early = self._early, []
-        frames = [e for e in early if not isinstance(e, Request)]
-        if frames:
-            self._handle(frames)
-            self._pump()
+        if early and self._state != _CLOSED:
+            self._receive(early)
 
-    # -- incoming frames -------------------------------------------------------------------
+    def _write_handshake_output(self, *, close: bool) -> None:
+        ws, transport = self._handshake_ws, self.transport
+        assert ws is not None and transport is not None
+        data = b"".join(ws.data_to_send())
+        if data:
+            transport.write(data)
+        if close:
+            self._state = _CLOSED
+            transport.close()
 
-    def _handle(self, events: list[Any]) -> None:
-        for frame in events:
-            if not isinstance(frame, WSFrame):
-                continue
-            opcode = frame.opcode
-            if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
-                if frame.fin:
-                    self._message(opcode, bytes(frame.data))
-                else:
-                    self._fragments = [bytes(frame.data)]
-                    self._fragment_opcode = opcode
-            elif opcode is Opcode.CONT:
-                if self._fragments is not None:
-                    self._fragments.append(bytes(frame.data))
-                    if frame.fin:
-                        data = b"".join(self._fragments)
-                        opcode_ = self._fragment_opcode
-                        self._fragments = self._fragment_opcode = None
-                        assert opcode_ is not None
-                        self._message(opcode_, data)
-            elif opcode is Opcode.PONG:
-                self.awaiting_pong = False
-            elif opcode is Opcode.CLOSE:
-                self._closing = True
+    # -- incoming frames ---------------------------------------------------------------------
 
-    def _message(self, opcode: Opcode, data: bytes) -> None:
-        session = self._session
-        if session is None or self._closing:
+    def _receive(self, data: bytes) -> None:
+        if self._buf:
+            self._buf += data
+            data = bytes(self._buf)
+        try:
+            frames, used = parse_frames(data, self._max_size, self._fragments)
+        except ProtocolViolation as exc:
+            self._buf = bytearray()
+            self._dispatch_frames(exc.frames)
+            self._fail(exc.code, exc.reason)
             return
-        if opcode is Opcode.BINARY:
-            session.receive_binary()
+        rest = data[used:]
+        self._buf = bytearray(rest) if rest else bytearray()
+        if frames:
+            self._dispatch_frames(frames)
+
+    def _dispatch_frames(self, frames: list[tuple[int, bool, bytes]]) -> None:
+        for opcode, fin, payload in frames:
+            if self._state == _CLOSED:
+                return
+            try:
+                self._frame(opcode, fin, payload)
+            except ProtocolViolation as exc:
+                self._fail(exc.code, exc.reason)
+                return
+
+    def _frame(self, opcode: int, fin: bool, payload: bytes) -> None:
+        if opcode in (OP_TEXT, OP_BINARY):
+            if self._fragments is not None:
+                raise ProtocolViolation(CloseCode.PROTOCOL_ERROR, "expected a continuation frame")
+            if fin:
+                self._message(opcode, payload)
+            else:
+                self._fragments = bytearray(payload)
+                self._fragment_opcode = opcode
+                self._fragment_count = 1
+        elif opcode == OP_CONT:
+            fragments = self._fragments
+            if fragments is None:
+                raise ProtocolViolation(CloseCode.PROTOCOL_ERROR, "unexpected continuation frame")
+            fragments += payload
+            self._fragment_count += 1
+            if len(fragments) > self._max_size:
+                raise ProtocolViolation(CloseCode.MESSAGE_TOO_BIG, "message too big")
+            if self._fragment_count > MAX_FRAGMENTS:
+                raise ProtocolViolation(CloseCode.MESSAGE_TOO_BIG, "too many fragments")
+            if fin:
+                self._fragments = None
+                self._message(self._fragment_opcode, bytes(fragments))
+        elif opcode == OP_PING:
+            if self._state == _OPEN:
+                self._queue(frame(payload, OP_PONG))
+        elif opcode == OP_PONG:
+            self.awaiting_pong = False
+        elif opcode == OP_CLOSE:
+            self._peer_closed(payload)
+        else:
+            raise ProtocolViolation(CloseCode.PROTOCOL_ERROR, f"reserved opcode {opcode}")
+
+    def _peer_closed(self, payload: bytes) -> None:
+        if len(payload) == 1:
+            raise ProtocolViolation(CloseCode.PROTOCOL_ERROR, "close frame too short")
+        if payload:
+            code = int.from_bytes(payload[:2], "big")
+            if code not in _VALID_CLOSE_CODES and not 3000 <= code <= 4999:
+                raise ProtocolViolation(CloseCode.PROTOCOL_ERROR, f"invalid close code {code}")
+            try:
+                payload[2:].decode()
+            except UnicodeDecodeError:
+                raise ProtocolViolation(CloseCode.INVALID_DATA, "invalid UTF-8") from None
+        if self._state == _OPEN:  # echo the close, then the server ends the TCP connection
+            self._state = _CLOSING
+            self._write_now(frame(payload[:2], OP_CLOSE))
+        self._end()
+
+    def _message(self, opcode: int, data: bytes) -> None:
+        session = self._session
+        if session is None or self._state != _OPEN:
+            return
+        if opcode == OP_BINARY:
+            self._binary(data)
             return
         try:
             text = data.decode()
         except UnicodeDecodeError:
-            self._fail(CloseCode.INVALID_DATA, "invalid UTF-8")
-            return
+            raise ProtocolViolation(CloseCode.INVALID_DATA, "invalid UTF-8") from None
         if self._busy is not None:
             self._backlog.append(text)
             if len(self._backlog) >= MAX_BACKLOG and not self._reading_paused:
@@ -363,6 +419,11 @@ class HubProtocol(asyncio.Protocol):
                 self.transport.pause_reading()
             return
         self._run(session, text)
+
+    def _binary(self, data: bytes) -> None:
+        """Binary messages are not part of protocol v1: the session answers with an error."""
+        assert self._session is not None
+        self._session.receive_binary()
 
     def _run(self, session: Session, text: str) -> None:
         coro = session.receive(text)
@@ -383,29 +444,25 @@ class HubProtocol(asyncio.Protocol):
             self._reading_paused = False
             if not self.transport.is_closing():
                 self.transport.resume_reading()
-        self._pump()
 
-    # -- outgoing bytes --------------------------------------------------------------------
+    # -- outgoing bytes ----------------------------------------------------------------------
 
-    def _pump(self) -> None:
-        """Move what the sans-I/O protocol wants to send (handshake, pongs, close) to the
-        outgoing buffer, in order; an empty chunk means: close the TCP connection."""
-        ws = self._ws
-        if ws is None:
-            return
-        chunks = ws.data_to_send()
-        if not chunks:
-            return
-        eof = False
-        for chunk in chunks:
-            if chunk:
-                self._out.append(chunk)
-                self._out_bytes += len(chunk)
-            else:
-                eof = True
+    def _queue(self, wire: bytes) -> bool:
+        size = self._out_bytes + len(wire)
+        if size > self._max_bytes or len(self._out) >= self._max_frames:
+            return False
+        self._out.append(wire)
+        self._out_bytes = size
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+        return True
+
+    def _write_now(self, wire: bytes) -> None:
+        """Queue a control frame behind what is pending, bypassing the limits, and flush."""
+        self._out.append(wire)
+        self._out_bytes += len(wire)
         self._flush()
-        if eof and self.transport is not None:
-            self.transport.close()
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -417,10 +474,21 @@ class HubProtocol(asyncio.Protocol):
         self._out_bytes = 0
 
     def _fail(self, code: int, reason: str) -> None:
-        if self._ws is not None:
-            self._ws.fail(code, reason)
-            self._pump()
-        self._closing = True
+        """Fail the connection (RFC 6455 7.1.7): send a close frame, then end the TCP stream."""
+        logger.debug("failing connection: %d %s", code, reason)
+        if self._state == _OPEN:
+            self._state = _CLOSING
+            self._write_now(close_frame(code, reason))
+        self._end()
+
+    def _end(self) -> None:
+        """Close the TCP connection once what is queued is written (the server closes first)."""
+        self._state = _CLOSED
+        self._flush()
+        if self.transport is not None:
+            self.transport.close()
+        if self._close_timer is None:
+            self._close_timer = self._loop.call_later(CLOSE_TIMEOUT, self._abort)
 
     def _abort(self) -> None:
         if self.transport is not None:
@@ -428,18 +496,72 @@ class HubProtocol(asyncio.Protocol):
 
     def ping(self) -> None:
         """Heartbeat tick: terminate if the last ping went unanswered, then ping again."""
-        ws = self._ws
-        if ws is None or self._closing:
+        if self._state != _OPEN:
             return
         if self.awaiting_pong:
             logger.info("terminating connection: heartbeat not answered")
             self._out.clear()
+            self._out_bytes = 0
             self._fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
-            self._close_timer = self._loop.call_later(CLOSE_TIMEOUT / 5, self._abort)
             return
         self.awaiting_pong = True
-        ws.send_ping(b"")
-        self._pump()
+        self._write_now(frame(b"", OP_PING))
+
+
+def parse_frames(
+    data: bytes, max_size: int, fragments: bytearray | None
+) -> tuple[list[tuple[int, bool, bytes]], int]:
+    """Parse the complete client frames at the start of ``data``.
+
+    Returns ``(frames, used)``: each frame as ``(opcode, fin, unmasked payload)``, and how many
+    bytes they took; the rest is an incomplete frame to keep for later. A frame's declared length
+    is checked against ``max_size`` (counting ``fragments`` of a message in progress) from its
+    header alone, before its payload is waited for. Raises :class:`ProtocolViolation` for a frame
+    that must fail the connection, with the frames parsed before it in ``args[1]``.
+    """
+    frames: list[tuple[int, bool, bytes]] = []
+    pos = 0
+    end = len(data)
+    pending = len(fragments) if fragments is not None else 0
+    while end - pos >= 2:
+        b0 = data[pos]
+        b1 = data[pos + 1]
+        opcode = b0 & 0x0F
+        if b0 & 0x70:
+            raise ProtocolViolation(CloseCode.PROTOCOL_ERROR, "reserved bits set", frames)
+        if not b1 & 0x80:
+            raise ProtocolViolation(CloseCode.PROTOCOL_ERROR, "client frame not masked", frames)
+        length = b1 & 0x7F
+        head = pos + 2
+        if length == 126:
+            if end - head < 2:
+                break
+            length = int.from_bytes(data[head : head + 2], "big")
+            head += 2
+        elif length == 127:
+            if end - head < 8:
+                break
+            length = int.from_bytes(data[head : head + 8], "big")
+            head += 8
+        if opcode & 0x08:
+            if length > 125 or not b0 & 0x80:
+                raise ProtocolViolation(CloseCode.PROTOCOL_ERROR, "bad control frame", frames)
+        elif length + (pending if opcode == OP_CONT else 0) > max_size:
+            raise ProtocolViolation(CloseCode.MESSAGE_TOO_BIG, "message too big", frames)
+        start = head + 4
+        stop = start + length
+        if stop > end:
+            break
+        payload = apply_mask(data[start:stop], data[head:start]) if length else b""
+        frames.append((opcode, bool(b0 & 0x80), payload))
+        if opcode == OP_CONT:
+            pending += length
+        elif opcode in (OP_TEXT, OP_BINARY):
+            pending = length
+        pos = stop
+        if opcode == OP_CLOSE:
+            break  # nothing after a close frame is read
+    return frames, pos
 
 
 @types.coroutine

@@ -81,6 +81,7 @@ class ErrorCode(enum.StrEnum):
 class CloseCode(enum.IntEnum):
     NORMAL = 1000
     GOING_AWAY = 1001
+    PROTOCOL_ERROR = 1002
     INVALID_DATA = 1007
     POLICY_VIOLATION = 1008
     MESSAGE_TOO_BIG = 1009
