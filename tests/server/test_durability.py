@@ -112,3 +112,15 @@ async def test_a_graceful_restart_keeps_the_delivery_cursor(tmp_path: Path) -> N
             assert later["type"] == "later" and later["offset"] == 2
     finally:
         await server.stop()
+
+
+async def test_readyz_reports_each_backend(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path, store_url=f"sqlite:///{tmp_path}/wshub.db")
+    await server.start()
+    try:
+        async with httpx.AsyncClient(base_url=server.http, timeout=5) as http:
+            r = await http.get("/readyz")
+            assert r.status_code == 200
+            assert r.json()["backends"] == {"store": True, "broker": True, "presence": True}
+    finally:
+        await server.stop()

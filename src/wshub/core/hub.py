@@ -189,6 +189,24 @@ class Hub:
             return False
         return True
 
+    async def healthy(self, timeout: float = 2.0) -> dict[str, bool]:
+        """Whether each backend answers now (``store``, ``broker``, ``presence``); a backend
+        without a ``healthy()`` check counts as healthy."""
+
+        async def check(backend: object) -> bool:
+            probe = getattr(backend, "healthy", None)
+            if probe is None:
+                return True
+            try:
+                return bool(await asyncio.wait_for(probe(), timeout))
+            except Exception:
+                return False
+
+        names = ("store", "broker", "presence")
+        backends = (self.store, self.broker, self.presence_registry)
+        results = await asyncio.gather(*(check(b) for b in backends))
+        return dict(zip(names, results, strict=True))
+
     @property
     def accepting(self) -> bool:
         """False while shutting down: transports refuse new connections."""

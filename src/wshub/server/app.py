@@ -45,13 +45,17 @@ def create_app(settings: Settings | None = None, *, hub: Hub | None = None) -> F
     async def healthz() -> dict[str, Any]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"], summary="Readiness: accepting connections")
+    @app.get("/readyz", tags=["health"], summary="Readiness: accepting, backends answering")
     async def readyz() -> JSONResponse:
-        ready = hub.accepting
-        return JSONResponse(
-            {"status": "ready" if ready else "unavailable", "connections": len(hub.sessions)},
-            status_code=200 if ready else 503,
-        )
+        backends = await hub.healthy()
+        ready = hub.accepting and all(backends.values())
+        body = {
+            "status": "ready" if ready else "unavailable",
+            "accepting": hub.accepting,
+            "backends": backends,
+            "connections": len(hub.sessions),
+        }
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     @app.get("/metrics", tags=["health"], summary="Prometheus metrics")
     async def metrics() -> Response:

@@ -184,6 +184,14 @@ class SQLiteStore:
 
         await self._submit(op)
 
+    async def healthy(self) -> bool:
+        """The writer thread runs and answers a trivial query."""
+        try:
+            await self._submit(lambda db: db.execute("SELECT 1").fetchone())
+        except BackendUnavailable:
+            return False
+        return True
+
     async def sweep(self) -> int:
         """Delete messages past their retention age now; returns how many."""
         now = self._clock()
