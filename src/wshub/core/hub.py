@@ -30,8 +30,9 @@ from ..interfaces import (
     Retention,
     Store,
 )
-from ..protocol import RESERVED_TYPES, CloseCode, Frame, FrameBatch, encode, now_ms, with_offset
+from ..protocol import RESERVED_TYPES, CloseCode, Frame, encode, now_ms, with_offset
 from ..types import JSON, ConnectionId, JSONObject, Principal, StoredMessage, StreamPosition, UserId
+from .fanout import LocalFanout, channel_key, message_envelope, user_key
 from .permissions import ChannelKind, channel_kind
 from .policy import ChannelPolicy
 from .recovery import is_recovered
@@ -48,30 +49,6 @@ OverflowPolicy = Literal["disconnect", "drop"]
 
 BROADCAST_TOPIC = "*"
 _offset_header = struct.Struct("!Q")
-
-
-def channel_key(channel: str) -> str:
-    return "c:" + channel
-
-
-def user_key(user_id: str) -> str:
-    return "u:" + user_id
-
-
-def message_envelope(body: bytes, offset: int) -> bytes:
-    """The ``message`` envelope for a stored channel publication body (see :meth:`Hub.publish`)."""
-    return b'{"type":"message","payload":%s,"offset":%d}}' % (body[:-1], offset)
-
-
-class _Batch:
-    """One channel's publications during one loop turn, and which sessions already got a
-    prefix of them early (because something else was sent to them directly meanwhile)."""
-
-    __slots__ = ("early", "items")
-
-    def __init__(self, first: tuple[int, Frame]) -> None:
-        self.items = [first]
-        self.early: dict[Session, int] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,10 +96,11 @@ class Hub:
         self.node_id = uuid.uuid4().hex[:12]
         self.router = Router()
         self.stats = HubStats()
+        self.local = LocalFanout(self.stats, self._on_overflow)
+        self._channels = self.local.channels
+        self._users = self.local.users
         self.sessions: dict[ConnectionId, Session] = {}
         self._per_ip: dict[str, int] = {}
-        self._users: dict[UserId, set[Session]] = {}
-        self._channels: dict[str, set[Session]] = {}
         #: Application message types sent to clients, for the AsyncAPI document.
         self.server_messages: dict[str, tuple[type[BaseModel], str]] = {}
         self._seq = itertools.count(1)
@@ -132,9 +110,6 @@ class Hub:
         self._idle = asyncio.Event()
         self._idle.set()
         self._tasks: set[asyncio.Task[Any]] = set()
-        # Channel publications of the current loop turn, delivered together at its end.
-        self._batches: dict[str, _Batch] = {}
-        self._batch_scheduled = False
         s = self.settings
         self._inbox = Retention(size=s.inbox_size, ttl=s.inbox_ttl)
         self.policy = ChannelPolicy(Retention(size=s.history_size, ttl=s.history_ttl))
@@ -285,7 +260,7 @@ class Hub:
         pos = await self.store.append(key, body, self.retention_for(channel))
         frame = Frame(message_envelope(body, pos.offset))
         self.stats.publications += 1
-        self.stats.out_by_type["message"] += self._fanout(key, channel, pos.offset, frame)
+        self.stats.out_by_type["message"] += self.local.fanout(key, channel, pos.offset, frame)
         await self.broker.publish(key, _offset_header.pack(pos.offset) + frame.data)
         return pos.offset
 
@@ -301,7 +276,7 @@ class Hub:
         pos = await self.store.append(key, envelope, self._inbox)
         frame = Frame(with_offset(envelope, pos.offset))
         self.stats.user_messages += 1
-        local = self._deliver_user(uid, key, pos.offset, frame)
+        local = self.local.deliver_user(uid, key, pos.offset, frame)
         if local:
             self.stats.out_by_type[type_] += self.connection_count(uid)
         await self.broker.publish(key, _offset_header.pack(pos.offset) + frame.data)
@@ -327,7 +302,7 @@ class Hub:
     async def broadcast(self, message: str) -> int:
         """Send a ``system_message`` to every connection; returns how many were local."""
         frame = Frame(encode("system_message", {"message": message, "timestamp": now_ms()}))
-        count = self._broadcast_local(frame)
+        count = self.local.broadcast(frame, list(self.sessions.values()))
         self.stats.out_by_type["system_message"] += count
         await self.broker.publish(BROADCAST_TOPIC, _offset_header.pack(0) + frame.data)
         return count
@@ -581,7 +556,7 @@ class Hub:
             if subscribers is None:
                 subscribers = self._channels[channel] = set()
                 self._spawn(self.broker.subscribe(key))
-            self._flush_channel(channel)
+            self.local.flush_channel(channel)
             subscribers.add(session)
             session.channels.add(channel)
         try:
@@ -649,109 +624,6 @@ class Hub:
                 last = offset
         return last
 
-    def _fanout(self, key: str, channel: str, offset: int, frame: Frame) -> int:
-        """Queue a publication for the channel's local subscribers; it goes out, with the rest
-        of this loop turn's publications on the channel, when the turn's callbacks run.
-        Returns the number of subscribers it will reach."""
-        subscribers = self._channels.get(channel)
-        if not subscribers:
-            return 0
-        batch = self._batches.get(channel)
-        if batch is None:
-            self._batches[channel] = _Batch((offset, frame))
-            if not self._batch_scheduled:
-                self._batch_scheduled = True
-                asyncio.get_running_loop().call_soon(self._flush_batches)
-        else:
-            batch.items.append((offset, frame))
-        n = len(subscribers)
-        self.stats.deliveries += n
-        return n
-
-    def _flush_batches(self) -> None:
-        self._batch_scheduled = False
-        batches, self._batches = self._batches, {}
-        for channel, batch in batches.items():
-            self._deliver_batch(channel, batch)
-
-    def _flush_channel(self, channel: str) -> None:
-        """Deliver the channel's queued publications now: before its subscriber set changes,
-        so a new subscriber never gets what was published before it subscribed."""
-        batch = self._batches.pop(channel, None)
-        if batch is not None:
-            self._deliver_batch(channel, batch)
-
-    def _deliver_batch(self, channel: str, batch: _Batch) -> None:
-        subscribers = self._channels.get(channel)
-        if not subscribers:
-            return
-        key = channel_key(channel)
-        items = batch.items
-        early = batch.early
-        frames = FrameBatch([frame for _, frame in items])
-        overflowed = None
-        for s in subscribers:
-            if early and s in early:  # got part of the batch already (see _send_pending_to)
-                rest = items[early[s] :]
-                if rest and not self._send_items(s, key, rest):
-                    overflowed = overflowed or []
-                    overflowed.append(s)
-                continue
-            recovering = s._recovering
-            if recovering and key in recovering:
-                recovering[key].extend(items)
-            elif not s.conn.send_batch(frames):
-                overflowed = overflowed or []
-                overflowed.append(s)
-        if overflowed:
-            for s in overflowed:
-                self._on_overflow(s)
-
-    def _send_pending_to(self, session: Session) -> None:
-        """Before a frame goes to ``session`` directly (a reply, a user message), send it what
-        this turn's channel batches hold for it, so its frames keep their order: a ``message``
-        published before a reply arrives before that reply."""
-        batches, channels = self._batches, session.channels
-        names = (
-            [c for c in batches if c in channels]
-            if len(batches) <= len(channels)
-            else [c for c in channels if c in batches]
-        )
-        for channel in names:
-            batch = batches[channel]
-            done = batch.early.get(session, 0)
-            if done < len(batch.items):
-                if not self._send_items(session, channel_key(channel), batch.items[done:]):
-                    self._on_overflow(session)
-                batch.early[session] = len(batch.items)
-
-    def _send_items(self, s: Session, key: str, items: list[tuple[int, Frame]]) -> bool:
-        recovering = s._recovering
-        if recovering and key in recovering:
-            recovering[key].extend(items)
-            return True
-        return s.conn.send_batch(FrameBatch([frame for _, frame in items]))
-
-    def _deliver_user(self, uid: UserId, key: str, offset: int, frame: Frame) -> bool:
-        sessions = self._users.get(uid)
-        if not sessions:
-            return False
-        for s in list(sessions):
-            recovering = s._recovering
-            if recovering and key in recovering:
-                recovering[key].append((offset, frame))
-            else:
-                s.send_frame(frame)
-        self.stats.deliveries += len(sessions)
-        return True
-
-    def _broadcast_local(self, frame: Frame) -> int:
-        sessions = list(self.sessions.values())
-        for s in sessions:
-            s.send_frame(frame)
-        self.stats.deliveries += len(sessions)
-        return len(sessions)
-
     def _channel_event(self, channel: str, type_: str, payload: JSONObject) -> None:
         """An ephemeral frame (no offset, not stored) to every subscriber of ``channel``."""
         frame = Frame(encode(type_, payload))
@@ -760,7 +632,7 @@ class Hub:
         self._spawn(self.broker.publish(channel_key(channel), _offset_header.pack(0) + frame.data))
 
     def _leave_channel(self, session: Session, channel: str) -> None:
-        self._flush_channel(channel)
+        self.local.flush_channel(channel)
         session.channels.discard(channel)
         session._recovering.pop(channel_key(channel), None)
         subscribers = self._channels.get(channel)
@@ -813,15 +685,17 @@ class Hub:
         (offset,) = _offset_header.unpack_from(data)
         frame = Frame(data[_offset_header.size :])
         if topic == BROADCAST_TOPIC:
-            self._broadcast_local(frame)
+            self.local.broadcast(frame, list(self.sessions.values()))
         elif topic.startswith("c:"):
             channel = topic[2:]
             if offset:
-                self._fanout(topic, channel, offset, frame)
+                self.local.fanout(topic, channel, offset, frame)
             else:
                 for s in list(self._channels.get(channel, ())):
                     s.send_frame(frame)
-        elif topic.startswith("u:") and self._deliver_user(UserId(topic[2:]), topic, offset, frame):
+        elif topic.startswith("u:") and self.local.deliver_user(
+            UserId(topic[2:]), topic, offset, frame
+        ):
             self._spawn(self.store.advance_cursor(topic, offset))
 
     async def _settle_tasks(self) -> None:

@@ -113,8 +113,9 @@ class Session:
     def send_frame(self, frame: Frame) -> None:
         if self.open:
             hub = self.hub
-            if hub._batches and self.channels:  # keep order with this turn's publications
-                hub._send_pending_to(self)
+            local = hub.local
+            if local.batches and self.channels:  # keep order with this turn's publications
+                local.send_pending_to(self)
             if not self.conn.send(frame):
                 hub._on_overflow(self)
 
