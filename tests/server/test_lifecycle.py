@@ -8,16 +8,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 import pytest
 import websockets
 
-from wshub.testing import free_port
-
 from ..conftest import SECRET
+from ..procs import ServerProcess
 from ..rawws import OP_PING, OP_PONG, OP_TEXT, RawWS
 
 WSHUB = [sys.executable, "-m", "wshub"]
@@ -44,55 +42,26 @@ async def test_a_peer_that_answers_pings_stays_and_a_silent_one_is_terminated(
         silent.close()
 
 
-@pytest.fixture
-def server_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "WS_PORT": str(port),
-        "WS_JWT_SECRET": SECRET,
-        "WS_SHUTDOWN_TIMEOUT": "3000",
-        "WS_LOG_LEVEL": "info",
-    }
-    proc = subprocess.Popen(WSHUB + ["serve"], env=env, cwd=tmp_path, stderr=subprocess.PIPE)
-    try:
-        yield proc, port
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
-        if proc.stderr:
-            proc.stderr.close()
-
-
-async def _connect_when_up(port: int) -> websockets.ClientConnection:
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            return await websockets.connect(f"ws://127.0.0.1:{port}/ws", open_timeout=2)
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.05)  # waiting for another process to bind: nothing to await
-
-
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 async def test_signal_closes_every_client_with_1001_and_exits_0(
-    server_process: tuple[subprocess.Popen[bytes], int], sig: signal.Signals
+    tmp_path: Path, sig: signal.Signals
 ) -> None:
-    proc, port = server_process
-    clients = [await _connect_when_up(port) for _ in range(3)]
-    for ws in clients:
-        assert orjson.loads(await ws.recv())["type"] == "welcome"
-    proc.send_signal(sig)
-    for ws in clients:
-        with pytest.raises(websockets.ConnectionClosed):
-            await asyncio.wait_for(ws.recv(), 5)
-        assert ws.protocol.close_rcvd is not None and ws.protocol.close_rcvd.code == 1001
-    started = time.monotonic()
-    code = await asyncio.to_thread(proc.wait, 10)
-    assert code == 0
-    assert time.monotonic() - started < 3.0 + 1.0
+    server = ServerProcess(tmp_path, shutdown_timeout="3000", store_url="memory://")
+    await server.start()  # returns once the server logged that it listens
+    try:
+        clients = [await websockets.connect(server.url) for _ in range(3)]
+        for ws in clients:
+            assert orjson.loads(await ws.recv())["type"] == "welcome"
+        server.signal(sig)
+        for ws in clients:
+            with pytest.raises(websockets.ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), 5)
+            assert ws.protocol.close_rcvd is not None and ws.protocol.close_rcvd.code == 1001
+        started = time.monotonic()
+        assert await server.wait(10) == 0
+        assert time.monotonic() - started < 3.0 + 1.0
+    finally:
+        await server.stop()
 
 
 def test_a_bad_setting_stops_start_up_with_a_message_naming_it(tmp_path: Path) -> None:
