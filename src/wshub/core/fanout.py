@@ -35,11 +35,14 @@ class _Batch:
     """One channel's publications during one loop turn, and which sessions already got a
     prefix of them early (because something else was sent to them directly meanwhile)."""
 
-    __slots__ = ("early", "items")
+    __slots__ = ("early", "items", "remote")
 
-    def __init__(self, first: tuple[int, Frame]) -> None:
+    def __init__(self, first: tuple[int, Frame], remote: bool) -> None:
         self.items = [first]
         self.early: dict[Session, int] = {}
+        # Frames from other nodes may arrive after a subscriber's catch-up already replayed
+        # them from the store: those batches are checked against each session's floor.
+        self.remote = remote
 
 
 class LocalFanout:
@@ -54,7 +57,9 @@ class LocalFanout:
         self.batches: dict[str, _Batch] = {}
         self._scheduled = False
 
-    def fanout(self, key: str, channel: str, offset: int, frame: Frame) -> int:
+    def fanout(
+        self, key: str, channel: str, offset: int, frame: Frame, *, remote: bool = False
+    ) -> int:
         """Queue a publication for the channel's local subscribers; it goes out, with the rest
         of this loop turn's publications on the channel, when the turn's callbacks run.
         Returns the number of subscribers it will reach."""
@@ -63,12 +68,13 @@ class LocalFanout:
             return 0
         batch = self.batches.get(channel)
         if batch is None:
-            self.batches[channel] = _Batch((offset, frame))
+            self.batches[channel] = _Batch((offset, frame), remote)
             if not self._scheduled:
                 self._scheduled = True
                 asyncio.get_running_loop().call_soon(self.flush_batches)
         else:
             batch.items.append((offset, frame))
+            batch.remote = batch.remote or remote
         n = len(subscribers)
         self.stats.deliveries += n
         return n
@@ -94,10 +100,16 @@ class LocalFanout:
         items = batch.items
         early = batch.early
         frames = FrameBatch([frame for _, frame in items])
+        remote = batch.remote
         overflowed = None
         for s in subscribers:
-            if early and s in early:  # got part of the batch already (see send_pending_to)
-                rest = items[early[s] :]
+            if (early and s in early) or (remote and s._floors and key in s._floors):
+                # got part of the batch already (see send_pending_to), or may have had some of
+                # it replayed: only what is newer goes out
+                rest = items[early.get(s, 0) :] if early else items
+                floor = s._floors.get(key, 0) if remote else 0
+                if floor:
+                    rest = [item for item in rest if item[0] > floor]
                 if rest and not self.send_items(s, key, rest):
                     overflowed = overflowed or []
                     overflowed.append(s)
@@ -137,7 +149,9 @@ class LocalFanout:
             return True
         return s.conn.send_batch(FrameBatch([frame for _, frame in items]))
 
-    def deliver_user(self, uid: UserId, key: str, offset: int, frame: Frame) -> bool:
+    def deliver_user(
+        self, uid: UserId, key: str, offset: int, frame: Frame, *, remote: bool = False
+    ) -> bool:
         sessions = self.users.get(uid)
         if not sessions:
             return False
@@ -145,7 +159,7 @@ class LocalFanout:
             recovering = s._recovering
             if recovering and key in recovering:
                 recovering[key].append((offset, frame))
-            else:
+            elif not (remote and offset <= s._floors.get(key, 0)):
                 s.send_frame(frame)
         self.stats.deliveries += len(sessions)
         return True

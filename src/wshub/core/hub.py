@@ -622,6 +622,7 @@ class Hub:
             if offset > pos.offset and offset > last:
                 session.send_frame(frame)
                 last = offset
+        session._floors[key] = max(pos.offset, last)
         return last
 
     def _channel_event(self, channel: str, type_: str, payload: JSONObject) -> None:
@@ -635,6 +636,7 @@ class Hub:
         self.local.flush_channel(channel)
         session.channels.discard(channel)
         session._recovering.pop(channel_key(channel), None)
+        session._floors.pop(channel_key(channel), None)
         subscribers = self._channels.get(channel)
         if subscribers is not None:
             subscribers.discard(session)
@@ -689,12 +691,12 @@ class Hub:
         elif topic.startswith("c:"):
             channel = topic[2:]
             if offset:
-                self.local.fanout(topic, channel, offset, frame)
+                self.local.fanout(topic, channel, offset, frame, remote=True)
             else:
                 for s in list(self._channels.get(channel, ())):
                     s.send_frame(frame)
         elif topic.startswith("u:") and self.local.deliver_user(
-            UserId(topic[2:]), topic, offset, frame
+            UserId(topic[2:]), topic, offset, frame, remote=True
         ):
             self._spawn(self.store.advance_cursor(topic, offset))
 

@@ -54,6 +54,7 @@ class Session:
         "_auth_failures",
         "_auth_timer",
         "_bucket",
+        "_floors",
         "_recovering",
         "channels",
         "conn",
@@ -89,6 +90,9 @@ class Session:
         # Streams being caught up: live frames for them wait here, with their offsets, until the
         # replay has been sent (see Hub._catch_up).
         self._recovering: dict[str, list[tuple[int, Frame]]] = {}
+        # Per stream: the offset a catch-up brought this connection to. Frames from other
+        # nodes at or below it were in the replay already.
+        self._floors: dict[str, int] = {}
         self._auth_timer: Any = None
         self._auth_failures = 0
         self.ip: str | None = None
