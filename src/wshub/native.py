@@ -427,6 +427,12 @@ class HubProtocol(asyncio.Protocol):
 
     def _run(self, session: Session, text: str) -> None:
         coro = session.receive(text)
+        if not session.hub.eager:
+            # A backend (redis-py) needs to run inside a task (asyncio.timeout): no eager start.
+            task: asyncio.Future[None] = self._loop.create_task(coro)
+            self._busy = task
+            task.add_done_callback(self._next_message)
+            return
         try:
             blocked_on = coro.send(None)
         except StopIteration:

@@ -12,8 +12,9 @@ import itertools
 import logging
 import struct
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal, TypeVar
 
 import orjson
@@ -110,6 +111,15 @@ class Hub:
         self._idle = asyncio.Event()
         self._idle.set()
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Broker subscribe/unsubscribe calls per topic, run one after the other, so a quick
+        # unsubscribe + subscribe cannot end unsubscribed; subscribers await theirs.
+        self._topic_ops: dict[str, asyncio.Task[None]] = {}
+        # Per channel: the last offset handed to local fan-out, and later ones waiting for a
+        # missing earlier one (publications of several nodes can cross on the way).
+        self._sequence: dict[str, int] = {}
+        self._held: dict[str, dict[int, Frame]] = {}
+        #: Whether handlers may start running outside a task (every backend in-process).
+        self.eager = all(getattr(b, "eager_safe", True) for b in (store, broker, presence))
         s = self.settings
         self._inbox = Retention(size=s.inbox_size, ttl=s.inbox_ttl)
         self.policy = ChannelPolicy(Retention(size=s.history_size, ttl=s.history_ttl))
@@ -260,7 +270,7 @@ class Hub:
         pos = await self.store.append(key, body, self.retention_for(channel))
         frame = Frame(message_envelope(body, pos.offset))
         self.stats.publications += 1
-        self.stats.out_by_type["message"] += self.local.fanout(key, channel, pos.offset, frame)
+        self.stats.out_by_type["message"] += self._deliver_in_order(channel, pos.offset, frame)
         await self.broker.publish(key, _offset_header.pack(pos.offset) + frame.data)
         return pos.offset
 
@@ -455,7 +465,7 @@ class Hub:
                 users.discard(session)
                 if not users:
                     del self._users[uid]
-                    self._spawn(self.broker.unsubscribe(user_key(uid)))
+                    self._topic_op(user_key(uid), self.broker.unsubscribe)
             self._spawn(self.presence_registry.disconnect(uid, session.id))
         self.stats.connections_closed += 1
         session.log.debug("disconnected")
@@ -501,9 +511,10 @@ class Hub:
         users = self._users.get(uid)
         if users is None:
             users = self._users[uid] = set()
-            self._spawn(self.broker.subscribe(key))
+            self._topic_op(key, self.broker.subscribe)
         users.add(session)
         try:
+            await self._topic_ready(key)
             await self.presence_registry.connect(uid, session.id)
         except BaseException:
             session._recovering.pop(key, None)
@@ -555,11 +566,14 @@ class Hub:
             subscribers = self._channels.get(channel)
             if subscribers is None:
                 subscribers = self._channels[channel] = set()
-                self._spawn(self.broker.subscribe(key))
+                self._topic_op(key, self.broker.subscribe)
             self.local.flush_channel(channel)
             subscribers.add(session)
             session.channels.add(channel)
         try:
+            # The node must hear other nodes' publications before the stream is read, or one
+            # made in between would be neither replayed nor delivered.
+            await self._topic_ready(key)
             messages: Sequence[StoredMessage] = ()
             recovered: bool | None = None
             if since is None:
@@ -574,6 +588,8 @@ class Hub:
         payload: JSONObject = {"channel": channel, "offset": pos.offset, "epoch": pos.epoch}
         if recovered is not None:
             payload["recovered"] = recovered
+        if channel not in self._sequence or self._sequence[channel] < pos.offset:
+            self._sequence[channel] = pos.offset
         session.send("subscribed", payload, id=msg_id)
         self._replay(session, key, pos, messages, message_envelope)
         if not already and channel_kind(channel) is ChannelKind.PRESENCE:
@@ -642,7 +658,9 @@ class Hub:
             subscribers.discard(session)
             if not subscribers:
                 del self._channels[channel]
-                self._spawn(self.broker.unsubscribe(channel_key(channel)))
+                self._topic_op(channel_key(channel), self.broker.unsubscribe)
+                self._sequence.pop(channel, None)
+                self._held.pop(channel, None)
         if channel_kind(channel) is ChannelKind.PRESENCE and session.user_id is not None:
             self._spawn(self._presence_leave(channel, session.user_id, session.id))
 
@@ -691,7 +709,7 @@ class Hub:
         elif topic.startswith("c:"):
             channel = topic[2:]
             if offset:
-                self.local.fanout(topic, channel, offset, frame, remote=True)
+                self._deliver_in_order(channel, offset, frame, remote=True)
             else:
                 for s in list(self._channels.get(channel, ())):
                     s.send_frame(frame)
@@ -699,6 +717,91 @@ class Hub:
             UserId(topic[2:]), topic, offset, frame, remote=True
         ):
             self._spawn(self.store.advance_cursor(topic, offset))
+
+    def _deliver_in_order(
+        self, channel: str, offset: int, frame: Frame, *, remote: bool = False
+    ) -> int:
+        """Hand publications to local fan-out in offset order. Offsets come from the store, but
+        each node publishes after its own append, so two nodes' publications can arrive here
+        crossed: a later one waits for the missing earlier one, which is read from the store
+        if it does not arrive by itself first. Returns the subscribers reached."""
+        last = self._sequence.get(channel)
+        if last is not None and offset <= last:
+            return 0  # already delivered (or replayed to everyone subscribed then)
+        held = self._held.get(channel)
+        if last is not None and offset > last + 1:
+            if held is None:
+                held = self._held[channel] = {}
+                self._spawn(self._fill_gap(channel))
+            held[offset] = frame
+            return self.subscriber_count(channel)
+        self._sequence[channel] = offset
+        n = self.local.fanout(channel_key(channel), channel, offset, frame, remote=remote)
+        if held:
+            self._release_held(channel)
+        return n
+
+    def _release_held(self, channel: str) -> None:
+        held = self._held.get(channel)
+        while held:
+            nxt = self._sequence[channel] + 1
+            frame = held.pop(nxt, None)
+            if frame is None:
+                return
+            self._sequence[channel] = nxt
+            self.local.fanout(channel_key(channel), channel, nxt, frame, remote=True)
+        self._held.pop(channel, None)
+
+    async def _fill_gap(self, channel: str) -> None:
+        """Read what is missing before the held publications from the store, then deliver."""
+        await asyncio.sleep(0)  # a publication still in flight from this very turn may land
+        held = self._held.get(channel)
+        last = self._sequence.get(channel)
+        if not held or last is None:
+            self._held.pop(channel, None)
+            return
+        try:
+            messages, _ = await self.store.read(channel_key(channel), last, min(held) - last - 1)
+        except Exception as exc:  # deliver what we have rather than hold it forever
+            logger.warning("cannot fill a gap in %r from the store: %s", channel, exc)
+            messages = []
+        for m in messages:
+            if self._sequence.get(channel, 0) < m.offset:
+                self._sequence[channel] = m.offset
+                frame = Frame(message_envelope(m.data, m.offset))
+                self.local.fanout(channel_key(channel), channel, m.offset, frame, remote=True)
+        held = self._held.get(channel)
+        if held and channel in self._sequence:
+            # Whatever retention dropped is gone: continue from the first held one.
+            self._sequence[channel] = max(self._sequence[channel], min(held) - 1)
+            self._release_held(channel)
+            if self._held.get(channel):  # another gap further on
+                self._held.pop(channel, None)
+
+    def _topic_op(self, topic: str, operation: Callable[[str], Awaitable[None]]) -> None:
+        previous = self._topic_ops.get(topic)
+
+        async def run() -> None:
+            if previous is not None:
+                await asyncio.gather(previous, return_exceptions=True)
+            await operation(topic)
+
+        task = asyncio.ensure_future(run())
+        self._topic_ops[topic] = task
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        task.add_done_callback(partial(self._topic_op_done, topic))
+
+    def _topic_op_done(self, topic: str, task: asyncio.Task[None]) -> None:
+        if self._topic_ops.get(topic) is task:
+            del self._topic_ops[topic]
+
+    async def _topic_ready(self, topic: str) -> None:
+        """Wait until the broker calls queued for ``topic`` are done (errors are logged by the
+        task's own callback; a subscriber then still gets what this node publishes)."""
+        task = self._topic_ops.get(topic)
+        if task is not None:
+            await asyncio.gather(task, return_exceptions=True)
 
     async def _settle_tasks(self) -> None:
         """Let background bookkeeping (presence, broker subscriptions) finish before closing."""
