@@ -38,6 +38,7 @@ from .permissions import ChannelKind, channel_kind
 from .policy import ChannelPolicy
 from .recovery import is_recovered
 from .router import Handler, Router
+from .sequencer import Sequencer
 from .session import Session
 from .stats import HubStats
 
@@ -116,8 +117,13 @@ class Hub:
         self._topic_ops: dict[str, asyncio.Task[None]] = {}
         # Per channel: the last offset handed to local fan-out, and later ones waiting for a
         # missing earlier one (publications of several nodes can cross on the way).
-        self._sequence: dict[str, int] = {}
-        self._held: dict[str, dict[int, Frame]] = {}
+        self.sequencer = Sequencer(
+            deliver=self._deliver_now,
+            listeners=self._listeners,
+            read=lambda key, since, limit: self.store.read(key, since, limit),
+            envelope=self._envelope,
+            spawn=self._spawn,
+        )
         #: Whether handlers may start running outside a task (every backend in-process).
         self.eager = all(getattr(b, "eager_safe", True) for b in (store, broker, presence))
         s = self.settings
@@ -270,7 +276,9 @@ class Hub:
         pos = await self.store.append(key, body, self.retention_for(channel))
         frame = Frame(message_envelope(body, pos.offset))
         self.stats.publications += 1
-        self.stats.out_by_type["message"] += self._deliver_in_order(channel, pos.offset, frame)
+        self.stats.out_by_type["message"] += self.sequencer.push(
+            key, pos.offset, frame, remote=False
+        )
         await self.broker.publish(key, _offset_header.pack(pos.offset) + frame.data)
         return pos.offset
 
@@ -286,12 +294,12 @@ class Hub:
         pos = await self.store.append(key, envelope, self._inbox)
         frame = Frame(with_offset(envelope, pos.offset))
         self.stats.user_messages += 1
-        local = self.local.deliver_user(uid, key, pos.offset, frame)
-        if local:
-            self.stats.out_by_type[type_] += self.connection_count(uid)
+        local = self.sequencer.push(key, pos.offset, frame, remote=False)
+        self.stats.out_by_type[type_] += local
         await self.broker.publish(key, _offset_header.pack(pos.offset) + frame.data)
         if local:
-            await self.store.advance_cursor(key, pos.offset)
+            if self.sequencer.last.get(key, 0) >= pos.offset:  # handed over now, not held
+                await self.store.advance_cursor(key, pos.offset)
             delivered = True
         else:  # a node holding a connection of the user delivers it (and moves the cursor)
             delivered = await self.presence_registry.connections(uid) > 0
@@ -466,6 +474,7 @@ class Hub:
                 if not users:
                     del self._users[uid]
                     self._topic_op(user_key(uid), self.broker.unsubscribe)
+                    self.sequencer.forget(user_key(uid))
             self._spawn(self.presence_registry.disconnect(uid, session.id))
         self.stats.connections_closed += 1
         session.log.debug("disconnected")
@@ -541,6 +550,7 @@ class Hub:
             raise
         session.send("authenticated", self._auth_payload(session, pos, recovered), id=msg_id)
         last = self._replay(session, key, pos, messages, with_offset)
+        self.sequencer.caught_up(key, max(pos.offset, last))
         if last:
             await self.store.advance_cursor(key, last)
 
@@ -588,8 +598,7 @@ class Hub:
         payload: JSONObject = {"channel": channel, "offset": pos.offset, "epoch": pos.epoch}
         if recovered is not None:
             payload["recovered"] = recovered
-        if channel not in self._sequence or self._sequence[channel] < pos.offset:
-            self._sequence[channel] = pos.offset
+        self.sequencer.caught_up(key, pos.offset)
         session.send("subscribed", payload, id=msg_id)
         self._replay(session, key, pos, messages, message_envelope)
         if not already and channel_kind(channel) is ChannelKind.PRESENCE:
@@ -659,8 +668,7 @@ class Hub:
             if not subscribers:
                 del self._channels[channel]
                 self._topic_op(channel_key(channel), self.broker.unsubscribe)
-                self._sequence.pop(channel, None)
-                self._held.pop(channel, None)
+                self.sequencer.forget(channel_key(channel))
         if channel_kind(channel) is ChannelKind.PRESENCE and session.user_id is not None:
             self._spawn(self._presence_leave(channel, session.user_id, session.id))
 
@@ -709,74 +717,32 @@ class Hub:
         elif topic.startswith("c:"):
             channel = topic[2:]
             if offset:
-                self._deliver_in_order(channel, offset, frame, remote=True)
+                self.sequencer.push(topic, offset, frame, remote=True)
             else:
                 for s in list(self._channels.get(channel, ())):
                     s.send_frame(frame)
-        elif topic.startswith("u:") and self.local.deliver_user(
-            UserId(topic[2:]), topic, offset, frame, remote=True
-        ):
-            self._spawn(self.store.advance_cursor(topic, offset))
+        elif topic.startswith("u:"):
+            self.sequencer.push(topic, offset, frame, remote=True)
 
-    def _deliver_in_order(
-        self, channel: str, offset: int, frame: Frame, *, remote: bool = False
-    ) -> int:
-        """Hand publications to local fan-out in offset order. Offsets come from the store, but
-        each node publishes after its own append, so two nodes' publications can arrive here
-        crossed: a later one waits for the missing earlier one, which is read from the store
-        if it does not arrive by itself first. Returns the subscribers reached."""
-        last = self._sequence.get(channel)
-        if last is not None and offset <= last:
-            return 0  # already delivered (or replayed to everyone subscribed then)
-        held = self._held.get(channel)
-        if last is not None and offset > last + 1:
-            if held is None:
-                held = self._held[channel] = {}
-                self._spawn(self._fill_gap(channel))
-            held[offset] = frame
-            return self.subscriber_count(channel)
-        self._sequence[channel] = offset
-        n = self.local.fanout(channel_key(channel), channel, offset, frame, remote=remote)
-        if held:
-            self._release_held(channel)
-        return n
+    def _deliver_now(self, key: str, offset: int, frame: Frame, remote: bool) -> int:
+        """Hand one frame of a stream to this node's listeners (called in offset order)."""
+        if key.startswith("c:"):
+            return self.local.fanout(key, key[2:], offset, frame, remote=remote)
+        uid = UserId(key[2:])
+        if not self.local.deliver_user(uid, key, offset, frame, remote=remote):
+            return 0
+        if remote:  # a local send_to_user advances the cursor itself, awaited
+            self._spawn(self.store.advance_cursor(key, offset))
+        return self.connection_count(uid)
 
-    def _release_held(self, channel: str) -> None:
-        held = self._held.get(channel)
-        while held:
-            nxt = self._sequence[channel] + 1
-            frame = held.pop(nxt, None)
-            if frame is None:
-                return
-            self._sequence[channel] = nxt
-            self.local.fanout(channel_key(channel), channel, nxt, frame, remote=True)
-        self._held.pop(channel, None)
+    def _listeners(self, key: str) -> int:
+        if key.startswith("c:"):
+            return len(self._channels.get(key[2:], ()))
+        return len(self._users.get(UserId(key[2:]), ()))
 
-    async def _fill_gap(self, channel: str) -> None:
-        """Read what is missing before the held publications from the store, then deliver."""
-        await asyncio.sleep(0)  # a publication still in flight from this very turn may land
-        held = self._held.get(channel)
-        last = self._sequence.get(channel)
-        if not held or last is None:
-            self._held.pop(channel, None)
-            return
-        try:
-            messages, _ = await self.store.read(channel_key(channel), last, min(held) - last - 1)
-        except Exception as exc:  # deliver what we have rather than hold it forever
-            logger.warning("cannot fill a gap in %r from the store: %s", channel, exc)
-            messages = []
-        for m in messages:
-            if self._sequence.get(channel, 0) < m.offset:
-                self._sequence[channel] = m.offset
-                frame = Frame(message_envelope(m.data, m.offset))
-                self.local.fanout(channel_key(channel), channel, m.offset, frame, remote=True)
-        held = self._held.get(channel)
-        if held and channel in self._sequence:
-            # Whatever retention dropped is gone: continue from the first held one.
-            self._sequence[channel] = max(self._sequence[channel], min(held) - 1)
-            self._release_held(channel)
-            if self._held.get(channel):  # another gap further on
-                self._held.pop(channel, None)
+    @staticmethod
+    def _envelope(key: str, data: bytes, offset: int) -> bytes:
+        return message_envelope(data, offset) if key.startswith("c:") else with_offset(data, offset)
 
     def _topic_op(self, topic: str, operation: Callable[[str], Awaitable[None]]) -> None:
         previous = self._topic_ops.get(topic)
