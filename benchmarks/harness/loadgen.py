@@ -10,12 +10,28 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from .scenarios import Scenario
 from .servers import ServerProcess, pinned
 
-__all__ = ["LOADGEN", "run_loadgen"]
+__all__ = ["LOADGEN", "machine_busy", "run_loadgen"]
 
 LOADGEN = Path(__file__).resolve().parent.parent / "build" / "loadgen"
+
+
+def machine_busy() -> float:
+    """CPU seconds the whole machine has been busy (everything but idle and iowait). Interrupt
+    time is included: the kernel charges softirq ticks (loopback TCP) to the task they interrupt
+    as well, so the server's and the loadgen's own times include it."""
+    t = psutil.cpu_times()
+    return float(
+        sum(t)
+        - t.idle
+        - getattr(t, "iowait", 0.0)
+        - getattr(t, "guest", 0.0)
+        - getattr(t, "guest_nice", 0.0)
+    )
 
 
 def _deadline(scenario: Scenario, args: list[str]) -> float:
@@ -24,7 +40,13 @@ def _deadline(scenario: Scenario, args: list[str]) -> float:
     def opt(name: str, default: float) -> float:
         return float(args[args.index(name) + 1]) if name in args else default
 
-    return opt("--connect-timeout", 60) + opt("--warmup", 1) + opt("--duration", 4) + opt("--hold", 2) + 15
+    return (
+        opt("--connect-timeout", 60)
+        + opt("--warmup", 1)
+        + opt("--duration", 4)
+        + opt("--hold", 2)
+        + 15
+    )
 
 
 def run_loadgen(
@@ -46,8 +68,9 @@ def run_loadgen(
         args += ["--token", token]
     record: dict[str, Any] = {}
     rss_base = server.rss() if scenario.kind == "idle" else 0
-    proc = subprocess.Popen(pinned(loadgen_core, args), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        pinned(loadgen_core, args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     killer = threading.Timer(_deadline(scenario, args), proc.kill)
     killer.start()
     result: dict[str, Any] | None = None
@@ -61,9 +84,13 @@ def run_loadgen(
                 continue
             event = msg.get("event")
             if event == "window_start":
-                cpu0, t0 = server.cpu_seconds(), time.monotonic()
+                cpu0, busy0, t0 = server.cpu_seconds(), machine_busy(), time.monotonic()
             elif event == "window_end":
-                record["server_cpu_ratio"] = (server.cpu_seconds() - cpu0) / max(time.monotonic() - t0, 1e-9)
+                wall = max(time.monotonic() - t0, 1e-9)
+                server_cpu = server.cpu_seconds() - cpu0
+                record["server_cpu_ratio"] = server_cpu / wall
+                # everything else that ran meanwhile (less the loadgen, subtracted below)
+                record["busy_cpu_ratio"] = (machine_busy() - busy0) / wall - server_cpu / wall
             elif event == "ready":
                 # connections are up: let the server settle, then take the highest of two samples
                 time.sleep(idle_settle)
@@ -71,10 +98,14 @@ def run_loadgen(
                 time.sleep(0.3)
                 rss = max(a, server.rss())
                 conns = int(msg.get("conns", scenario.idle_conns or 1))
-                record.update(rss_base=rss_base, rss_loaded=rss,
-                              rss_per_conn_kib=(rss - rss_base) / conns / 1024)
+                record.update(
+                    rss_base=rss_base,
+                    rss_loaded=rss,
+                    rss_per_conn_kib=(rss - rss_base) / conns / 1024,
+                )
             elif event is None:
                 result = msg
+                result["loadgen_scenario"] = result.pop("scenario", scenario.kind)
         proc.wait(timeout=10)
     finally:
         killer.cancel()
@@ -83,8 +114,14 @@ def run_loadgen(
             proc.wait()
     stderr = proc.stderr.read() if proc.stderr else ""
     if result is None:
-        raise RuntimeError(f"loadgen gave no result (status {proc.returncode}) {stderr.strip()[-300:]}")
+        raise RuntimeError(
+            f"loadgen gave no result (status {proc.returncode}) {stderr.strip()[-300:]}"
+        )
     record.update(result)
+    if "busy_cpu_ratio" in record and "loadgen_cpu_ratio" in record:
+        record["other_cpu_ratio"] = round(
+            record.pop("busy_cpu_ratio") - record["loadgen_cpu_ratio"], 3
+        )
     if not result.get("ok"):
         detail = result.get("first_error") or ""
         raise RuntimeError(

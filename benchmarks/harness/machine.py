@@ -12,8 +12,19 @@ from pathlib import Path
 __all__ = ["describe_machine"]
 
 PACKAGES = (
-    "wshub", "picows", "uvloop", "uvicorn", "httptools", "websockets", "starlette",
-    "python-socketio", "python-engineio", "orjson", "redis", "psutil", "matplotlib",
+    "wshub",
+    "picows",
+    "uvloop",
+    "uvicorn",
+    "httptools",
+    "websockets",
+    "starlette",
+    "python-socketio",
+    "python-engineio",
+    "orjson",
+    "redis",
+    "psutil",
+    "matplotlib",
 )
 
 

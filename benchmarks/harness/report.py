@@ -11,23 +11,34 @@ from .scenarios import Metric, Scenario
 from .servers import Server
 
 __all__ = [
-    "REFERENCES", "Cell", "Summary", "cell_text", "md_cpu_table", "md_table", "render_markdown",
-    "summarize", "visible", "write_chart",
+    "DISTURBED",
+    "REFERENCES",
+    "Cell",
+    "Summary",
+    "cell_text",
+    "md_cpu_table",
+    "md_table",
+    "render_markdown",
+    "summarize",
+    "visible",
+    "write_chart",
 ]
 
 REFERENCES = ("picows", "node-ws")
-SATURATED = 0.90   # loadgen CPU / wall above this: the load generator may be the limit
+SATURATED = 0.90  # loadgen CPU / wall above this: the load generator may be the limit
 SERVER_BOUND = 0.90  # server CPU / wall below this in a throughput scenario: not server-bound
+DISTURBED = 0.15  # CPU used by other processes during the window (share of a core) above this
 
 
 @dataclass
 class Cell:
-    values: list[float] = field(default_factory=list)          # one per successful repetition
+    values: list[float] = field(default_factory=list)  # one per successful repetition
     ratios: dict[str, list[float]] = field(default_factory=dict)
-    reps: int = 0                                               # repetitions attempted
+    reps: int = 0  # repetitions attempted
     errors: list[str] = field(default_factory=list)
     loadgen_cpu: list[float] = field(default_factory=list)
     server_cpu: list[float] = field(default_factory=list)
+    other_cpu: list[float] = field(default_factory=list)
     closed: int = 0
     protocol_errors: int = 0
     first_error: str = ""
@@ -44,12 +55,16 @@ class Cell:
     def saturated(self) -> bool:
         return any(c > SATURATED for c in self.loadgen_cpu)
 
+    @property
+    def disturbed(self) -> bool:
+        return any(c > DISTURBED for c in self.other_cpu)
+
 
 @dataclass
 class Summary:
     servers: list[Server]
     metrics: list[Metric]
-    cells: dict[tuple[str, str], Cell]          # (server key, metric column) -> cell
+    cells: dict[tuple[str, str], Cell]  # (server key, metric column) -> cell
     footnotes: list[str] = field(default_factory=list)
 
 
@@ -59,7 +74,9 @@ def _ratio(metric: Metric, value: float, ref: float) -> float | None:
     return value / ref if metric.higher_is_better else ref / value
 
 
-def summarize(records: list[dict[str, Any]], servers: list[Server], scenarios: list[Scenario]) -> Summary:
+def summarize(
+    records: list[dict[str, Any]], servers: list[Server], scenarios: list[Scenario]
+) -> Summary:
     metrics = [m for sc in scenarios for m in sc.metrics]
     cells: dict[tuple[str, str], Cell] = {}
     by_run = {(r["rep"], r["scenario"], r["server"]): r for r in records}
@@ -80,6 +97,8 @@ def summarize(records: list[dict[str, Any]], servers: list[Server], scenarios: l
                 cell.loadgen_cpu.append(float(rec["loadgen_cpu_ratio"]))
             if "server_cpu_ratio" in rec:
                 cell.server_cpu.append(float(rec["server_cpu_ratio"]))
+            if "other_cpu_ratio" in rec:
+                cell.other_cpu.append(float(rec["other_cpu_ratio"]))
             cell.closed += int(rec.get("closed", 0))
             cell.protocol_errors += int(rec.get("errors", 0))
             cell.first_error = cell.first_error or str(rec.get("first_error") or "")
@@ -93,7 +112,7 @@ def summarize(records: list[dict[str, Any]], servers: list[Server], scenarios: l
 
 
 def _fmt_ratio(r: float | None) -> str:
-    return "–" if r is None else f"{r:.2f}"
+    return "-" if r is None else f"{r:.2f}"
 
 
 def cell_text(summary: Summary, server: Server, metric: Metric) -> str:
@@ -104,19 +123,28 @@ def cell_text(summary: Summary, server: Server, metric: Metric) -> str:
     if cell.median is None:
         note = _note(summary, f"{server.key} / {metric.column} failed: {cell.errors[0][:300]}")
         return f"failed{note}"
-    text = f"{metric.fmt(cell.median)} ({_fmt_ratio(cell.ratio('picows'))} / {_fmt_ratio(cell.ratio('node-ws'))})"
+    ratios = " / ".join(_fmt_ratio(cell.ratio(ref)) for ref in REFERENCES)
+    text = f"{metric.fmt(cell.median)} ({ratios})"
     if len(cell.values) < cell.reps:
         text += f" [{len(cell.values)}/{cell.reps} reps]"
-        _note(summary, f"{server.key} / {metric.column}: {cell.reps - len(cell.values)} rep(s) failed: "
-              f"{cell.errors[0][:300]}")
+        _note(
+            summary,
+            f"{server.key} / {metric.column}: {cell.reps - len(cell.values)} rep(s) failed: "
+            f"{cell.errors[0][:300]}",
+        )
     if cell.saturated:
         text += " †"
     if metric.throughput and cell.server_cpu and statistics.median(cell.server_cpu) < SERVER_BOUND:
         text += " ‡"
+    if cell.disturbed:
+        text += " §"
     if cell.closed or cell.protocol_errors:
-        text += _note(summary, f"{server.key} / {metric.column}: {cell.closed} connection(s) closed by "
-                      f"the server, {cell.protocol_errors} error message(s)"
-                      + (f", first: {cell.first_error}" if cell.first_error else ""))
+        text += _note(
+            summary,
+            f"{server.key} / {metric.column}: {cell.closed} connection(s) closed by "
+            f"the server, {cell.protocol_errors} error message(s)"
+            + (f", first: {cell.first_error}" if cell.first_error else ""),
+        )
     return text
 
 
@@ -130,20 +158,35 @@ def cpu_text(summary: Summary, server: Server, metric: Metric) -> str:
     cell = summary.cells.get((server.key, metric.column))
     if cell is None or not cell.loadgen_cpu:
         return "—"
-    srv = f"{statistics.median(cell.server_cpu) * 100:.0f}%" if cell.server_cpu else "?"
-    return f"{srv} / {statistics.median(cell.loadgen_cpu) * 100:.0f}%"
+
+    def pct(v: list[float]) -> str:
+        return f"{statistics.median(v) * 100:.0f}%" if v else "?"
+
+    return f"{pct(cell.server_cpu)} / {pct(cell.loadgen_cpu)} / {pct(cell.other_cpu)}"
 
 
 def visible(summary: Summary) -> tuple[list[Server], list[Metric]]:
-    servers = [s for s in summary.servers if any((s.key, m.column) in summary.cells for m in summary.metrics)]
-    metrics = [m for m in summary.metrics if any((s.key, m.column) in summary.cells for s in servers)]
+    servers = [
+        s
+        for s in summary.servers
+        if any((s.key, m.column) in summary.cells for m in summary.metrics)
+    ]
+    metrics = [
+        m for m in summary.metrics if any((s.key, m.column) in summary.cells for s in servers)
+    ]
     return servers, metrics
 
 
 def md_table(summary: Summary) -> str:
     servers, metrics = visible(summary)
-    rows = ["| server | " + " | ".join(m.column for m in metrics) + " |", "|---|" + "---|" * len(metrics)]
-    rows += [f"| {s.label} | " + " | ".join(cell_text(summary, s, m) for m in metrics) + " |" for s in servers]
+    rows = [
+        "| server | " + " | ".join(m.column for m in metrics) + " |",
+        "|---|" + "---|" * len(metrics),
+    ]
+    rows += [
+        f"| {s.label} | " + " | ".join(cell_text(summary, s, m) for m in metrics) + " |"
+        for s in servers
+    ]
     return "\n".join(rows)
 
 
@@ -153,7 +196,10 @@ def md_cpu_table(summary: Summary, scenarios: list[Scenario]) -> str:
     cols = [(sc.key, sc.metrics[0]) for sc in scenarios if sc.kind != "idle"]
     cols = [(k, m) for k, m in cols if any((s.key, m.column) in summary.cells for s in servers)]
     rows = ["| server | " + " | ".join(k for k, _ in cols) + " |", "|---|" + "---|" * len(cols)]
-    rows += [f"| {s.label} | " + " | ".join(cpu_text(summary, s, m) for _, m in cols) + " |" for s in servers]
+    rows += [
+        f"| {s.label} | " + " | ".join(cpu_text(summary, s, m) for _, m in cols) + " |"
+        for s in servers
+    ]
     return "\n".join(rows)
 
 
@@ -188,13 +234,13 @@ def render_markdown(
         f"| Python, Node | {machine['python']}, {machine['node']} |",
         f"| compiler, redis | {machine['gcc']}; {machine['redis']} |",
         f"| packages | {versions} |",
-        f"| pinning | server on core {settings['server_core']} (its redis too), load generator on core "
-        f"{settings['loadgen_core']} (taskset); all traffic over 127.0.0.1 |",
+        f"| pinning | server on core {settings['server_core']} (its redis too), load generator "
+        f"on core {settings['loadgen_core']} (taskset); all traffic over 127.0.0.1 |",
         "",
         "## Results",
         "",
-        "Median over the repetitions; in parentheses the ratio to picows / to node-ws, taken within "
-        "each repetition and then the median. Ratios read \"times better than the reference\": "
+        "Median over the repetitions; in parentheses the ratio to picows / to node-ws, taken "
+        'within each repetition, then the median. Ratios read "times better than the reference": '
         "value / reference for throughput, reference / value for latency and memory.",
         "",
         table,
@@ -202,7 +248,9 @@ def render_markdown(
         "† the load generator used more than 90% of its core in at least one repetition: "
         "the number may be a lower bound for the server.  ",
         "‡ the server used less than 90% of its core during the window: not CPU-bound on the "
-        "server side (limited by the publication window, the 2 ms client batches, or waiting).",
+        "server side (limited by the publication window, the 2 ms client batches, or waiting).  ",
+        "§ other processes on the machine used more than 15% of a core during the window in at "
+        "least one repetition: the number is disturbed; rerun on a quiet machine.",
     ]
     if summary.footnotes:
         lines.append("")
@@ -214,7 +262,8 @@ def render_markdown(
         "",
         "### CPU during the measured window",
         "",
-        "Server CPU / load generator CPU, each as a share of one core (median).",
+        "Server / load generator / every other process, each as a share of one core (median over "
+        "the repetitions).",
         "",
         cpu_table,
         "",
@@ -224,9 +273,9 @@ def render_markdown(
     lines += [f"- **{sc.key}**: {sc.describe}." for sc in scenarios]
     lines += [
         "",
-        "Loopback compresses the ratios between fast servers; compare ratios, not absolute numbers. "
-        "The chart of this table is written to `benchmarks/results/<run>/chart.png` (git-ignored), "
-        "next to the raw per-run records (`runs.jsonl`) and server logs.",
+        "Loopback compresses the ratios between fast servers; compare ratios, not absolute "
+        "numbers. The chart of this table is written to `benchmarks/results/<run>/chart.png` "
+        "(git-ignored), next to the raw per-run records (`runs.jsonl`) and server logs.",
         "",
     ]
     return "\n".join(lines)
@@ -237,13 +286,15 @@ def write_chart(summary: Summary, path: Path, title: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     servers, metrics = visible(summary)
     cols = 4
     rows = (len(metrics) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 0.5 * len(servers) * rows + 1.6 * rows),
-                             squeeze=False)
-    for ax in axes.flat[len(metrics):]:
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(4.2 * cols, 0.5 * len(servers) * rows + 1.6 * rows), squeeze=False
+    )
+    for ax in axes.flat[len(metrics) :]:
         ax.axis("off")
     for ax, m in zip(axes.flat, metrics, strict=False):
         names, meds, lo, hi, colors = [], [], [], [], []
@@ -267,6 +318,10 @@ def write_chart(summary: Summary, path: Path, title: str) -> None:
         for yi, v in zip(y, meds, strict=True):
             ax.text(v, yi, " " + m.fmt(v), va="center", fontsize=7)
         ax.margins(x=0.25)
+        ax.xaxis.set_major_locator(MaxNLocator(4))
+        ax.xaxis.set_major_formatter(
+            FuncFormatter(lambda v, _pos: f"{v / 1000:g}k" if v >= 1000 else f"{v:g}")
+        )
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -16,22 +16,22 @@ __all__ = ["Metric", "Scenario", "Timing", "build_scenarios"]
 
 @dataclass(frozen=True)
 class Metric:
-    column: str                 # table column
-    field: str                  # key in the run record (loadgen result, or what the runner adds)
+    column: str  # table column
+    field: str  # key in the run record (loadgen result, or what the runner adds)
     unit: str
     higher_is_better: bool
     fmt: Callable[[float], str]
-    throughput: bool = False    # the server should be CPU-bound; flag it when it is not
+    throughput: bool = False  # the server should be CPU-bound; flag it when it is not
 
 
 @dataclass(frozen=True)
 class Scenario:
     key: str
-    kind: str                   # loadgen subcommand: fanout | pingpong | latency | idle
-    args: tuple[str, ...]       # loadgen arguments besides --port/--path/--token/--sio
+    kind: str  # loadgen subcommand: fanout | pingpong | latency | idle
+    args: tuple[str, ...]  # loadgen arguments besides --port/--path/--token/--sio
     metrics: tuple[Metric, ...]
     describe: str
-    store_heavy: bool = False   # run against the wshub store variants too
+    store_heavy: bool = False  # run against the wshub store variants too
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -81,13 +81,15 @@ def build_scenarios(t: Timing) -> list[Scenario]:
     return [
         fanout(100, 64),
         fanout(1000, 16),
-        fanout(5000, 4),
+        fanout(5000, 16),  # the same window as at 1,000: the cost per subscriber shows
         Scenario(
             key="pingpong-100",
             kind="pingpong",
             args=("--conns", "100", *win),
             metrics=(
-                Metric("pingpong-100", "round_trips_per_s", "round trips/s", True, _k, throughput=True),
+                Metric(
+                    "pingpong-100", "round_trips_per_s", "round trips/s", True, _k, throughput=True
+                ),
             ),
             describe="100 connections, one ping in flight each; round trips per second",
         ),
@@ -113,9 +115,11 @@ def build_scenarios(t: Timing) -> list[Scenario]:
         Scenario(
             key="publish-10",
             kind="fanout",
-            args=("--subs", "10", "--window", "16", *win),
-            metrics=(Metric("publish-10", "pubs_per_s", "publications/s", True, _rate, throughput=True),),
-            describe="10 subscribers, 1 publisher keeping 16 publications in flight; "
+            args=("--subs", "10", "--window", "256", *win),
+            metrics=(
+                Metric("publish-10", "pubs_per_s", "publications/s", True, _rate, throughput=True),
+            ),
+            describe="10 subscribers, 1 publisher keeping 256 publications in flight; "
             "publications per second (the store-heavy scenario: wshub also runs it with history "
             "in SQLite and Redis)",
             store_heavy=True,

@@ -7,6 +7,7 @@ of a developer leaks into wshub's settings), with stdout/stderr in a log file, a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -41,11 +42,11 @@ class Session:
     """What every server of one benchmark session shares."""
 
     server_core: int
-    scratch: Path                  # temp dir for this session (sqlite files, cwd of servers)
+    scratch: Path  # temp dir for this session (sqlite files, cwd of servers)
     logs: Path
     venv_bin: Path
     jwt_secret: str = field(default_factory=lambda: secrets.token_hex(32))
-    token: str | None = None       # the publisher's JWT (wshub only)
+    token: str | None = None  # the publisher's JWT (wshub only)
 
 
 def free_port() -> int:
@@ -76,13 +77,13 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
 class Server:
     key: str
     label: str
-    argv: Callable[[Session, int, Path], list[str]]        # (session, port, run dir) -> argv
+    argv: Callable[[Session, int, Path], list[str]]  # (session, port, run dir) -> argv
     env: Callable[[Session, int, Path], dict[str, str]] = lambda s, p, d: {}
-    sio: bool = False                                       # load with Socket.IO framing
-    path: str | None = None                                 # WebSocket path (None: loadgen default)
-    wshub: bool = False                                     # publisher sends the JWT
-    store: str | None = None                                # None: memory / no store; sqlite; redis
-    only_store_heavy: bool = False                          # runs only the store-heavy scenario
+    sio: bool = False  # load with Socket.IO framing
+    path: str | None = None  # WebSocket path (None: loadgen default)
+    wshub: bool = False  # publisher sends the JWT
+    store: str | None = None  # None: memory / no store; sqlite; redis
+    only_store_heavy: bool = False  # runs only the store-heavy scenario
     missing: Callable[[Session], str | None] = lambda s: None  # why it cannot run, or None
 
 
@@ -97,36 +98,39 @@ class ServerProcess:
         self.log_path = session.logs / f"{run_name}.log"
         self._log: IO[bytes] = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.redis: subprocess.Popen[bytes] | None = None
-        self.redis_port: int | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        try:
+            self._start(session)
+        except Exception:
+            self.stop()  # whatever did start (redis, the server) must not outlive the run
+            raise
+        assert self.proc is not None
+        self.ps: psutil.Process = psutil.Process(self.proc.pid)
+
+    def _start(self, session: Session) -> None:
         env = dict(os.environ)
-        if server.store == "redis":
-            self.redis_port = free_port()
-            self.redis = subprocess.Popen(
-                pinned(
-                    session.server_core,
-                    [
-                        "redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1",
-                        "--save", "", "--appendonly", "no", "--daemonize", "no",
-                    ],
-                ),
-                stdout=self._log, stderr=subprocess.STDOUT, cwd=self.run_dir,
-                start_new_session=True,
-            )
-            wait_port(self.redis_port, self.redis, 10)
-        env.update(server.env(session, self.port, self.run_dir))
-        if self.redis_port is not None:
-            env["WS_STORE_URL"] = f"redis://127.0.0.1:{self.redis_port}/0"
-        self.proc = subprocess.Popen(
-            pinned(session.server_core, server.argv(session, self.port, self.run_dir)),
-            stdout=self._log, stderr=subprocess.STDOUT, cwd=self.run_dir, env=env,
+        env.update(self.server.env(session, self.port, self.run_dir))
+        if self.server.store == "redis":
+            redis_port = free_port()
+            argv = ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1"]
+            argv += ["--save", "", "--appendonly", "no", "--daemonize", "no"]
+            self.redis = self._spawn(pinned(session.server_core, argv), None)
+            wait_port(redis_port, self.redis, 10)
+            env["WS_STORE_URL"] = f"redis://127.0.0.1:{redis_port}/0"
+        argv = self.server.argv(session, self.port, self.run_dir)
+        self.proc = self._spawn(pinned(session.server_core, argv), env)
+        wait_port(self.port, self.proc, 30)
+
+    def _spawn(self, argv: list[str], env: dict[str, str] | None) -> subprocess.Popen[bytes]:
+        # a session of its own: stop() signals the whole process group
+        return subprocess.Popen(
+            argv,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=self.run_dir,
+            env=env,
             start_new_session=True,
         )
-        try:
-            wait_port(self.port, self.proc, 30)
-        except RuntimeError:
-            self.stop()
-            raise
-        self.ps = psutil.Process(self.proc.pid)
 
     def _procs(self) -> list[psutil.Process]:
         try:
@@ -137,24 +141,20 @@ class ServerProcess:
     def cpu_seconds(self) -> float:
         total = 0.0
         for p in self._procs():
-            try:
+            with contextlib.suppress(psutil.Error):
                 t = p.cpu_times()
                 total += t.user + t.system
-            except psutil.Error:
-                pass
         return total
 
     def rss(self) -> int:
         total = 0
         for p in self._procs():
-            try:
+            with contextlib.suppress(psutil.Error):
                 total += p.memory_info().rss
-            except psutil.Error:
-                pass
         return total
 
     def alive(self) -> bool:
-        return self.proc.poll() is None
+        return self.proc is not None and self.proc.poll() is None
 
     def log_tail(self, lines: int = 5) -> str:
         try:
@@ -167,7 +167,6 @@ class ServerProcess:
     def _end(proc: subprocess.Popen[bytes] | None) -> None:
         if proc is None or proc.poll() is not None:
             return
-        # each server runs in a session of its own: signal its whole process group
         try:
             os.killpg(proc.pid, signal.SIGTERM)
         except ProcessLookupError:
@@ -175,16 +174,16 @@ class ServerProcess:
         try:
             proc.wait(timeout=3)
         except subprocess.TimeoutExpired:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             proc.wait(timeout=5)
 
     def stop(self) -> None:
-        self._end(self.proc if hasattr(self, "proc") else None)
+        self._end(self.proc)
         self._end(self.redis)
         self._log.close()
+        if self.log_path.stat().st_size == 0:
+            self.log_path.unlink()  # keep only logs that say something
 
 
 def _py(script: str) -> Callable[[Session, int, Path], list[str]]:
@@ -196,7 +195,11 @@ def _importable(*modules: str) -> Callable[[Session], str | None]:
         import importlib.util
 
         gone = [m for m in modules if importlib.util.find_spec(m) is None]
-        return f"python package(s) {', '.join(gone)} missing: run `make -C benchmarks deps`" if gone else None
+        return (
+            f"python package(s) {', '.join(gone)} missing: run `make -C benchmarks deps`"
+            if gone
+            else None
+        )
 
     return check
 
@@ -235,6 +238,7 @@ def _wshub_env(store: str | None) -> Callable[[Session, int, Path], dict[str, st
             "WS_HOST": "127.0.0.1",
             "WS_PORT": str(port),
             "WS_JWT_SECRET": s.jwt_secret,
+            "WS_API_KEY": s.jwt_secret,  # unused here; set so the server does not warn about it
             "WS_STORE_URL": "memory://",
             "WS_LOG_LEVEL": "warning",
             # the load is the point: no per-connection rate limit, quick shutdown
@@ -264,14 +268,31 @@ def build_servers() -> list[Server]:
         )
 
     return [
-        Server("picows", "picows (uvloop), send per subscriber", _py("picows_server.py"),
-               missing=_importable("picows", "uvloop", "orjson")),
-        Server("node-ws", "node-ws", lambda s, port, d: ["node", str(PEERS / "node_ws" / "server.js"), str(port)],
-               missing=_node_missing),
-        Server("starlette", "Starlette naive, uvicorn (ws=websockets-sansio)", _py("starlette_naive.py"),
-               missing=_importable("starlette", "uvicorn", "orjson")),
-        Server("socketio", "python-socketio, uvicorn (Socket.IO frames)", _py("socketio_server.py"),
-               sio=True, missing=_importable("socketio", "uvicorn")),
+        Server(
+            "picows",
+            "picows (uvloop), send per subscriber",
+            _py("picows_server.py"),
+            missing=_importable("picows", "uvloop", "orjson"),
+        ),
+        Server(
+            "node-ws",
+            "node-ws",
+            lambda s, port, d: ["node", str(PEERS / "node_ws" / "server.js"), str(port)],
+            missing=_node_missing,
+        ),
+        Server(
+            "starlette",
+            "Starlette naive, uvicorn (ws=websockets-sansio)",
+            _py("starlette_naive.py"),
+            missing=_importable("starlette", "uvicorn", "orjson"),
+        ),
+        Server(
+            "socketio",
+            "python-socketio, uvicorn (Socket.IO frames)",
+            _py("socketio_server.py"),
+            sio=True,
+            missing=_importable("socketio", "uvicorn"),
+        ),
         wshub("wshub", "wshub (memory store)", None, False),
         wshub("wshub-sqlite", "wshub, history in SQLite", "sqlite", True),
         wshub("wshub-redis", "wshub, history in Redis", "redis", True),

@@ -431,7 +431,10 @@ static void on_text(conn *c, const char *p, size_t n) {
         break;
     case K_WELCOME: c->got_welcome = 1; on_up(c); break;
     case K_SUBSCRIBED: setup_done(c); break;
-    case K_ERROR: note_error("", p, n); break;
+    case K_ERROR:
+        note_error("", p, n);
+        if (!c->ready) conn_kill(c, 0); /* refused during setup: fail now, not at the timeout */
+        break;
     default: break;
     }
 }

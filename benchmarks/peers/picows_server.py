@@ -8,7 +8,6 @@ the uvloop transport is what PERF-NOTES measured (and costs 23 KiB per idle conn
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import orjson

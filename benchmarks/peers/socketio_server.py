@@ -43,7 +43,9 @@ async def connect(sid: str, environ: dict[str, Any], auth: Any = None) -> None:
 async def subscribe(sid: str, payload: dict[str, Any]) -> None:
     ch = payload["channel"]
     await sio.enter_room(sid, ch)
-    await sio.emit("subscribed", {"channel": ch, "offset": offsets.get(ch, 0), "epoch": "bench"}, to=sid)
+    await sio.emit(
+        "subscribed", {"channel": ch, "offset": offsets.get(ch, 0), "epoch": "bench"}, to=sid
+    )
 
 
 @sio.event
@@ -51,7 +53,13 @@ async def publish(sid: str, payload: dict[str, Any]) -> None:
     ch = payload["channel"]
     offset = offsets.get(ch, 0) + 1
     offsets[ch] = offset
-    msg = {"channel": ch, "data": payload.get("data"), "offset": offset, "timestamp": _ms(), "from": None}
+    msg = {
+        "channel": ch,
+        "data": payload.get("data"),
+        "offset": offset,
+        "timestamp": _ms(),
+        "from": None,
+    }
     await sio.emit("message", msg, room=ch)
     await sio.emit("published", {"channel": ch, "offset": offset}, to=sid)
 

@@ -34,7 +34,9 @@ async def endpoint(ws: WebSocket) -> None:
                 kind = msg["type"]
                 payload = msg.get("payload") or {}
             except Exception:
-                await ws.send_text(reply("error", {"code": "invalid_json", "message": "bad"}).decode())
+                await ws.send_text(
+                    reply("error", {"code": "invalid_json", "message": "bad"}).decode()
+                )
                 continue
             mid = msg.get("id")
             if kind == "publish":
@@ -47,7 +49,9 @@ async def endpoint(ws: WebSocket) -> None:
                         await sub.send_text(out)
                     except Exception:
                         channels.get(ch, {}).pop(sub, None)
-                await ws.send_text(reply("published", {"channel": ch, "offset": offset}, mid).decode())
+                await ws.send_text(
+                    reply("published", {"channel": ch, "offset": offset}, mid).decode()
+                )
             elif kind == "ping":
                 await ws.send_text(pong().decode())
             elif kind == "subscribe":
