@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     # Storage and fan-out.
     store_url: str = "sqlite:///./wshub.db"
     broker_url: str = "memory://"
+    node_ttl: float = Field(
+        10.0, ge=0.5, description="seconds after which a silent node counts as dead"
+    )
     history_size: int = Field(100, ge=0, description="messages kept per channel")
     history_ttl: float = Field(3600.0, gt=0, description="seconds a channel message is kept")
     inbox_size: int = Field(1000, ge=0, description="messages kept per user stream")

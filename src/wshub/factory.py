@@ -62,7 +62,7 @@ def create_broker(url: str) -> Broker:
     raise ConfigError(f"WS_BROKER_URL: no broker for {url!r} yet")
 
 
-def create_presence(url: str) -> Presence:
+def create_presence(url: str, *, node_ttl: float = 10.0) -> Presence:
     """Presence lives where fan-out goes: in memory for one node, in Redis for a cluster."""
     if url.startswith("memory://"):
         from .presence.memory import MemoryPresence
@@ -77,7 +77,9 @@ def create_presence(url: str) -> Presence:
         except ValueError as exc:
             raise ConfigError(f"WS_BROKER_URL: {exc}") from None
         return RedisPresence(
-            redis_url.url, prefix=redis_url.prefix or "wshub", node_ttl=redis_url.node_ttl or 10.0
+            redis_url.url,
+            prefix=redis_url.prefix or "wshub",
+            node_ttl=redis_url.node_ttl or node_ttl,
         )
     raise ConfigError(f"WS_BROKER_URL: no presence for {url!r} yet")
 
@@ -116,6 +118,8 @@ def create_hub(settings: Settings | None = None, **overrides: Any) -> Hub:
     settings = settings if settings is not None else Settings()
     overrides.setdefault("store", create_store(settings.store_url))
     overrides.setdefault("broker", create_broker(settings.broker_url))
-    overrides.setdefault("presence", create_presence(settings.broker_url))
+    overrides.setdefault(
+        "presence", create_presence(settings.broker_url, node_ttl=settings.node_ttl)
+    )
     overrides.setdefault("authenticator", create_authenticator(settings))
     return Hub(settings, **overrides)

@@ -74,6 +74,10 @@ class Store(Protocol):
       position at the moment of the read; messages dropped by retention are simply absent.
     - A stream's ``epoch`` stays the same for as long as the store keeps that stream's data.
     - Cursors only move forward: ``advance_cursor`` to a lower offset is a no-op.
+    - Concurrent ``append`` calls return in the order their offsets were assigned.
+    - Optional: ``async def healthy() -> bool`` answers whether the engine is reachable now
+      (``/readyz`` asks), and ``eager_safe = False`` when calls must run inside a task of their
+      own (redis-py's timeouts), which stops the native transport from starting handlers eagerly.
     """
 
     async def start(self) -> None: ...
@@ -107,6 +111,8 @@ class Broker(Protocol):
       ``topic``, at most once per node, in publish order per publishing node.
     - A node only receives topics it subscribed to, except the broadcast topic ``"*"`` which
       every node receives.
+    - ``subscribe`` returns once the subscription is active: what is published after it
+      returns reaches this node (the hub reads history only then, so nothing falls between).
     - ``start`` registers the single handler; it is called on the event loop and must not block.
     """
 
@@ -150,6 +156,8 @@ class Presence(Protocol):
     async def leave(self, channel: str, user_id: str, conn_id: str) -> bool: ...
 
     async def members(self, channel: str) -> list[str]: ...
+
+    async def nodes(self) -> list[str]: ...
 
 
 class Authenticator(Protocol):

@@ -1,15 +1,25 @@
-"""One fixture, parametrized over every Store implementation, real engines only."""
+"""Fixtures parametrized over every implementation, real engines only: SQLite files and a
+throwaway ``redis-server`` (one per session, emptied before each test)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
+from wshub.errors import BackendUnavailable
 from wshub.interfaces import Store
 from wshub.stores.memory import MemoryStore
 from wshub.stores.sqlite import SQLiteStore
+
+from ..redis_server import (
+    RedisServer,
+    redis_server,  # noqa: F401  (fixture)
+    redis_url,  # noqa: F401  (fixture)
+)
 
 
 class Clock:
@@ -25,17 +35,53 @@ class Clock:
 StoreFactory = Callable[[Clock], Store]
 
 
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> float:
+    """Poll ``check`` until it holds; returns the seconds it took. For conditions that another
+    process's clock decides (a node's ttl, a restarted Redis)."""
+    start = time.monotonic()
+    while True:
+        try:
+            if await check():
+                return time.monotonic() - start
+        except BackendUnavailable:
+            pass
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        await asyncio.sleep(0.05)
+
+
 @pytest.fixture
 def clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
+@pytest.fixture
+def fresh_redis(request: pytest.FixtureRequest) -> Callable[[], str]:
+    """The URL of the session's redis-server, emptied: only requested by redis parameters, so
+    the memory and SQLite runs need no Redis at all."""
+
+    def get() -> str:
+        server: RedisServer = request.getfixturevalue("redis_server")
+        server.flush()
+        return server.url
+
+    return get
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+def store_factory(
+    request: pytest.FixtureRequest, tmp_path: Path, fresh_redis: Callable[[], str]
+) -> StoreFactory:
+    url = fresh_redis() if request.param == "redis" else ""
+
     def make(clock: Clock) -> Store:
         if request.param == "memory":
             return MemoryStore(clock=clock)
-        return SQLiteStore(tmp_path / "store.db", clock=clock)
+        if request.param == "sqlite":
+            return SQLiteStore(tmp_path / "store.db", clock=clock)
+        from wshub.stores.redis import RedisStore
+
+        return RedisStore(url, clock=clock)
 
     return make
 

@@ -80,3 +80,15 @@ async def test_cursors_start_at_zero_and_only_move_forward(store: Store) -> None
     await store.advance_cursor("u", 5)
     assert await store.cursor("u") == 5
     assert await store.cursor("other") == 0
+
+
+async def test_concurrent_appends_return_in_the_order_offsets_were_assigned(store: Store) -> None:
+    """The hub delivers a publication locally as soon as its append returns: appends must come
+    back in offset order, or local subscribers would see offsets out of order."""
+    returned: list[int] = []
+
+    async def append(i: int) -> None:
+        returned.append((await store.append("s", b"%d" % i, KEEP)).offset)
+
+    await asyncio.gather(*(append(i) for i in range(300)))
+    assert returned == list(range(1, 301))

@@ -24,7 +24,7 @@ import math
 import random
 import uuid
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -33,8 +33,9 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError
+from redis.exceptions import NoScriptError, ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..errors import BackendUnavailable
@@ -42,6 +43,7 @@ from ..interfaces import BrokerHandler
 
 __all__ = [
     "BROADCAST_TOPIC",
+    "Batcher",
     "RedisBroker",
     "RedisURL",
     "connect_redis",
@@ -55,6 +57,8 @@ logger = logging.getLogger("wshub.brokers.redis")
 
 BROADCAST_TOPIC = "*"
 _NODE_ID_LEN = 16
+#: Channels per SUBSCRIBE when (re)subscribing every topic: a node may have one per user.
+_SUBSCRIBE_BATCH = 1000
 
 #: Errors meaning "Redis cannot answer right now", as opposed to a wrong command.
 REDIS_DOWN: tuple[type[BaseException], ...] = (
@@ -145,10 +149,13 @@ def redis_errors(where: str) -> Iterator[None]:
 
 async def ping(client: Redis, timeout: float) -> bool:
     """Whether Redis answers ``PING`` within ``timeout`` seconds."""
-    try:
-        return bool(await asyncio.wait_for(client.ping(), timeout))
-    except REDIS_DOWN:  # includes the wait_for timeout
+    # In a task of its own, like every redis-py call here (see RedisBroker._write_forever).
+    probe = asyncio.ensure_future(client.ping())
+    await asyncio.wait({probe}, timeout=timeout)
+    if not probe.done():
+        await stop_task(probe)
         return False
+    return not probe.cancelled() and probe.exception() is None and bool(probe.result())
 
 
 async def stop_task(task: asyncio.Task[Any]) -> None:
@@ -162,6 +169,92 @@ async def stop_task(task: asyncio.Task[Any]) -> None:
         await asyncio.wait({task}, timeout=0.1)
     if not task.cancelled() and task.exception() is not None:
         logger.error("background task %s failed", task.get_name(), exc_info=task.exception())
+
+
+_Queued = tuple[tuple[Any, ...], "AsyncScript | None", "asyncio.Future[Any]"]
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class Batcher:
+    """Runs commands and Lua scripts on one client, pipelined: what is submitted while a round
+    trip is in flight goes in the next one, in submission order (no transaction).
+
+    Results are handed back, and callers resume, in submission order: offsets reach the hub in
+    the order Redis assigned them. A burst needs one connection and one round trip per batch, not
+    a connection per command (which, on a loaded event loop, time out while connecting).
+    Scripts are loaded again when Redis lost them (a restart). After :meth:`close`, pending
+    commands finish and new ones fail with :class:`BackendUnavailable`.
+    """
+
+    def __init__(self, client: Redis, where: str, *, max_batch: int = 512) -> None:
+        self.client = client
+        self.where = where
+        self.max_batch = max_batch
+        self._queue: list[_Queued] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def run(self, *command: Any) -> Any:
+        return await self._submit(command, None)
+
+    async def script(self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        return await self._submit(("EVALSHA", script.sha, len(keys), *keys, *args), script)
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._flusher is not None:
+            await self._flusher
+
+    async def _submit(self, command: tuple[Any, ...], script: AsyncScript | None) -> Any:
+        if self._closed:
+            raise BackendUnavailable(f"{self.where}: closed")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append((command, script, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(), name="wshub-redis-batch")
+        return await future
+
+    async def _flush(self) -> None:
+        while self._queue:
+            batch = self._queue[: self.max_batch]
+            del self._queue[: self.max_batch]
+            try:
+                with redis_errors(self.where):
+                    results = await self._execute(batch)
+            except BackendUnavailable as exc:
+                results = [exc] * len(batch)
+            except Exception as exc:  # a bug: every caller hears of it
+                results = [exc] * len(batch)
+            for (_, _, future), result in zip(batch, results, strict=True):
+                if future.done():  # the caller was cancelled
+                    continue
+                if isinstance(result, BaseException):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
+
+    async def _execute(self, batch: list[_Queued]) -> list[Any]:
+        results = await self._pipeline([command for command, _, _ in batch])
+        lost = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+        if lost:  # Redis restarted and forgot the scripts: nothing of those ran; load, rerun
+            for script in {id(batch[i][1]): batch[i][1] for i in lost}.values():
+                assert script is not None
+                await self.client.script_load(script.script)
+            again = await self._pipeline([batch[i][0] for i in lost])
+            for i, result in zip(lost, again, strict=True):
+                results[i] = result
+        return results
+
+    async def _pipeline(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for command in commands:
+                pipe.execute_command(*command)
+            results: list[Any] = await pipe.execute(raise_on_error=False)
+        return results
 
 
 class Backoff:
@@ -200,7 +293,7 @@ class RedisBroker:
         channel_prefix: str = "wshub:",
         timeout: float = 1.5,
         ping_interval: float = 5.0,
-        reconnect_delay: tuple[float, float] = (0.05, 2.0),
+        reconnect_delay: tuple[float, float] = (0.05, 1.0),
     ) -> None:
         self.url = url
         self.where = f"Redis broker at {describe(url)}"
@@ -221,8 +314,10 @@ class RedisBroker:
         # One future per SUBSCRIBE sent for a channel, resolved by its confirmation (in order).
         self._confirmations: dict[bytes, deque[asyncio.Future[None]]] = {}
         self._reader: asyncio.Task[None] | None = None
-        self._outgoing: list[tuple[bytes, bytes, asyncio.Future[None]]] = []
-        self._flusher: asyncio.Task[None] | None = None
+        # (topic, future or None): subscribe/unsubscribe requests for the writer task, in order.
+        self._requests: asyncio.Queue[tuple[str, asyncio.Future[None] | None]] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+        self._batcher: Batcher | None = None
         self._closed = False
 
     @property
@@ -246,16 +341,23 @@ class RedisBroker:
             await self._client.aclose()
             self._client = None
             raise
+        self._batcher = Batcher(self._client, self.where)
         self._reader = asyncio.create_task(self._run(conn), name="wshub-redis-broker")
+        self._writer = asyncio.create_task(self._write_forever(), name="wshub-redis-subscriber")
 
     async def close(self) -> None:
         self._closed = True
-        if self._reader is not None:
-            await stop_task(self._reader)
-            self._reader = None
-        if self._flusher is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
+        for task in (self._writer, self._reader):
+            if task is not None:
+                await stop_task(task)
+        self._writer = self._reader = None
+        while not self._requests.empty():  # nobody will send these any more
+            _, done = self._requests.get_nowait()
+            if done is not None:
+                _settle(done)
+        if self._batcher is not None:
+            await self._batcher.close()
+            self._batcher = None
         if self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -269,71 +371,51 @@ class RedisBroker:
 
     async def publish(self, topic: str, data: bytes) -> None:
         """One ``PUBLISH``; returns when Redis took it. Calls made while a batch is in flight go
-        together in the next one, in call order (one connection at a time, so order holds)."""
-        if self._closed or self._client is None:
+        together in the next one, in call order (see :class:`Batcher`), so order holds."""
+        if self._closed or self._batcher is None:
             raise BackendUnavailable(f"{self.where}: the broker is not running")
-        future = asyncio.get_running_loop().create_future()
-        self._outgoing.append((self._prefix + topic.encode(), self._tag + data, future))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush())
-        await future
+        await self._batcher.run("PUBLISH", self._prefix + topic.encode(), self._tag + data)
 
     async def subscribe(self, topic: str) -> None:
-        """Receive ``topic`` from now on: returns once Redis confirmed the subscription. While
-        Redis is unreachable it returns at once; the topic is subscribed on reconnection."""
+        """Receive ``topic`` from now on: returns once Redis confirmed the subscription (or after
+        ``timeout``). While Redis is unreachable it returns at once; the topic is subscribed on
+        reconnection."""
         self._topics.add(topic)
-        channel = self._prefix + topic.encode()
-        async with self._lock:
-            if topic not in self._topics or self._conn is None:
-                return
-            confirmed = self._expect(channel)
-            try:
-                await self._conn.send_command("SUBSCRIBE", channel)
-            except REDIS_DOWN:
-                return  # the reader notices too, and subscribes again on reconnection
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(confirmed), self._timeout)
+        if self._writer is None:
+            return  # not started: start() subscribes to every wanted topic
+        done = asyncio.get_running_loop().create_future()
+        self._requests.put_nowait((topic, done))
+        await done
 
     async def unsubscribe(self, topic: str) -> None:
         """Stop receiving ``topic``: messages for it are dropped from now on."""
         if topic == BROADCAST_TOPIC:
             return  # every node receives broadcasts
         self._topics.discard(topic)
-        async with self._lock:
-            if topic in self._topics or self._conn is None:
-                return
-            with contextlib.suppress(*REDIS_DOWN):
-                await self._conn.send_command("UNSUBSCRIBE", self._prefix + topic.encode())
+        if self._writer is not None:
+            self._requests.put_nowait((topic, None))
 
-    # -- publishing ----------------------------------------------------------------------------
-
-    async def _flush(self) -> None:
-        assert self._client is not None
-        while self._outgoing:
-            batch, self._outgoing = self._outgoing, []
-            error: BaseException | None = None
-            try:
-                with redis_errors(self.where):
-                    async with self._client.pipeline(transaction=False) as pipe:
-                        for channel, payload, _ in batch:
-                            pipe.publish(channel, payload)
-                        await pipe.execute()
-            except BackendUnavailable as exc:
-                error = exc
-            for _, _, future in batch:
-                if future.done():  # the caller was cancelled
-                    continue
-                if error is None:
-                    future.set_result(None)
-                else:
-                    future.set_exception(error)
+    async def _write_forever(self) -> None:
+        """Bring the subscriber connection in line with the wanted topics, one request at a time,
+        in request order. Callers never touch redis-py themselves: its calls need a task of their
+        own (``asyncio.timeout``), which a handler started eagerly may not have yet."""
+        loop = asyncio.get_running_loop()
+        while True:
+            topic, done = await self._requests.get()
+            channel = self._prefix + topic.encode()
+            async with self._lock:
+                conn, wanted = self._conn, topic in self._topics
+                if conn is not None:
+                    if wanted and done is not None:
+                        self._confirmations.setdefault(channel, deque()).append(done)
+                        loop.call_later(self._timeout, _settle, done)  # never wait forever
+                    # on failure the reader notices too, and reconnection subscribes again
+                    with contextlib.suppress(*REDIS_DOWN):
+                        await conn.send_command("SUBSCRIBE" if wanted else "UNSUBSCRIBE", channel)
+            if done is not None and (conn is None or not wanted):
+                _settle(done)
 
     # -- the subscriber connection -------------------------------------------------------------
-
-    def _expect(self, channel: bytes) -> asyncio.Future[None]:
-        future = asyncio.get_running_loop().create_future()
-        self._confirmations.setdefault(channel, deque()).append(future)
-        return future
 
     async def _connect(self) -> AbstractConnection:
         """Open a subscriber connection and subscribe to every wanted topic (confirmed)."""
@@ -345,13 +427,15 @@ class RedisBroker:
                 await conn.connect()  # type: ignore[no-untyped-call]  # untyped in redis-py
                 async with self._lock:
                     channels = sorted(self._prefix + t.encode() for t in self._topics)
-                    await conn.send_command("SUBSCRIBE", *channels)
-                    for _ in channels:  # nothing else is sent on it before these replies
-                        reply = await conn.read_response(
-                            disconnect_on_error=False, push_request=True
-                        )
-                        if not (isinstance(reply, list) and reply[:1] == [b"subscribe"]):
-                            raise RedisConnectionError(f"unexpected reply {reply!r}")
+                    for i in range(0, len(channels), _SUBSCRIBE_BATCH):
+                        batch = channels[i : i + _SUBSCRIBE_BATCH]
+                        await conn.send_command("SUBSCRIBE", *batch)
+                        for _ in batch:  # nothing else is sent on it before these replies
+                            reply = await conn.read_response(
+                                disconnect_on_error=False, push_request=True
+                            )
+                            if not (isinstance(reply, list) and reply[:1] == [b"subscribe"]):
+                                raise RedisConnectionError(f"unexpected reply {reply!r}")
                     self._conn = conn
         except BaseException:
             await conn.disconnect(nowait=True)
@@ -368,8 +452,7 @@ class RedisBroker:
             except Exception:
                 logger.exception("%s: subscriber connection failed; reconnecting", self.where)
             finally:
-                async with self._lock:  # no (UN)SUBSCRIBE is half-sent on it any more
-                    self._conn = None
+                self._conn = None  # a (UN)SUBSCRIBE being sent on it fails, and is redone
                 self._settle_confirmations()
                 await conn.disconnect(nowait=True)
             conn = await self._reconnect()
@@ -437,6 +520,5 @@ class RedisBroker:
         are subscribed again on reconnection)."""
         for waiting in self._confirmations.values():
             for future in waiting:
-                if not future.done():
-                    future.set_result(None)
+                _settle(future)
         self._confirmations.clear()

@@ -382,8 +382,7 @@ class Hub:
 
     async def nodes(self) -> list[str]:
         """Ids of the live nodes of the cluster (just this one without a shared broker)."""
-        nodes = getattr(self.presence_registry, "nodes", None)
-        return list(await nodes()) if nodes is not None else [self.node_id]
+        return await self.presence_registry.nodes()
 
     # -- transport side --------------------------------------------------------------------
 

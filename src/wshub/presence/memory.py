@@ -14,6 +14,7 @@ class MemoryPresenceState:
         self.channels: dict[str, dict[str, set[str]]] = {}
         # conn_id -> node_id, so a node's entries can be removed together
         self.owner: dict[str, str] = {}
+        self.nodes: list[str] = []
 
 
 class MemoryPresence:
@@ -23,9 +24,15 @@ class MemoryPresence:
 
     async def start(self, node_id: str) -> None:
         self._node = node_id
+        self._state.nodes.append(node_id)
+
+    async def nodes(self) -> list[str]:
+        return list(self._state.nodes)
 
     async def close(self) -> None:
         st = self._state
+        if self._node in st.nodes:
+            st.nodes.remove(self._node)
         mine = {c for c, node in st.owner.items() if node == self._node}
         for conns in st.users.values():
             conns -= mine

@@ -36,11 +36,11 @@ from redis.commands.core import AsyncScript
 
 from ..brokers.redis import (
     Backoff,
+    Batcher,
     check_prefix,
     connect_redis,
     describe,
     ping,
-    redis_errors,
     stop_task,
 )
 from ..errors import BackendUnavailable
@@ -148,6 +148,14 @@ return live(KEYS[2])
 )
 
 # KEYS[2] = channel hash (user -> connections key).
+# The live nodes, by their heartbeats.
+_NODES = (
+    _PRELUDE
+    + """
+return redis.call('ZRANGEBYSCORE', nodes, cutoff, '+inf')
+"""
+)
+
 _MEMBERS = (
     _PRELUDE
     + """
@@ -181,6 +189,7 @@ _SOURCES = {
     "remove": _REMOVE,
     "connections": _CONNECTIONS,
     "members": _MEMBERS,
+    "nodes": _NODES,
     "close": _CLOSE,
 }
 
@@ -210,10 +219,10 @@ class RedisPresence:
         self._ttl_ms = max(1, int(node_ttl * 1000))
         self._timeout = timeout
         self._client: Redis | None = None
+        self._batcher: Batcher | None = None
         self._scripts: dict[str, AsyncScript] = {}
         # This node's entries, as written to Redis: what a resync writes again.
         self._entries: dict[bytes, None] = {}
-        self._version = 0  # changes with _entries
         self._dirty = False  # a write may have failed: Redis may not match _entries
         self._beating: asyncio.Task[None] | None = None
 
@@ -245,11 +254,13 @@ class RedisPresence:
         self.node_id = node_id
         client = connect_redis(self.url, timeout=self._timeout, name="wshub-presence")
         self._client = client
+        self._batcher = Batcher(client, self.where)
         self._scripts = {name: client.register_script(src) for name, src in _SOURCES.items()}
         try:
             await self._beat(first=True)
         except BackendUnavailable:
-            self._client = None
+            await self._batcher.close()
+            self._client = self._batcher = None
             await client.aclose()
             raise
         self._beating = asyncio.create_task(self._beat_forever(), name="wshub-redis-presence")
@@ -268,7 +279,9 @@ class RedisPresence:
         except BackendUnavailable as exc:
             logger.warning("%s: could not remove this node's entries: %s", self.where, exc)
         finally:
-            self._client = None
+            if self._batcher is not None:
+                await self._batcher.close()
+            self._client = self._batcher = None
             self._entries.clear()
             await client.aclose()
 
@@ -299,6 +312,10 @@ class RedisPresence:
         users = await self._run("members", [self._channel_key(channel)], [])
         return [u.decode() for u in users]
 
+    async def nodes(self) -> list[str]:
+        """Ids of the nodes whose heartbeat is younger than ``node_ttl``."""
+        return [n.decode() for n in await self._run("nodes", [], [])]
+
     # -- internals -----------------------------------------------------------------------------
 
     def _entry(self, key: str, conn_id: str, channel_key: str, user_id: str) -> bytes:
@@ -307,14 +324,12 @@ class RedisPresence:
     async def _add(self, key: str, conn_id: str, channel_key: str, user_id: str) -> bool:
         entry = self._entry(key, conn_id, channel_key, user_id)
         self._entries[entry] = None
-        self._version += 1
         keys = [self._index(self.node_id), key]
         return bool(await self._write("add", keys, [self.node_id, entry]))
 
     async def _remove(self, key: str, conn_id: str, channel_key: str, user_id: str) -> bool:
         entry = self._entry(key, conn_id, channel_key, user_id)
         self._entries.pop(entry, None)
-        self._version += 1
         keys = [self._index(self.node_id), key]
         return bool(await self._write("remove", keys, [conn_id, entry, channel_key, user_id]))
 
@@ -326,28 +341,24 @@ class RedisPresence:
             raise
 
     async def _run(self, script: str, keys: Iterable[str], args: Iterable[str | bytes]) -> Any:
-        if self._client is None:
+        if self._batcher is None:
             raise BackendUnavailable(f"{self.where}: presence is not started")
-        with redis_errors(self.where):
-            result = await self._scripts[script](
-                keys=[self.nodes_key, *keys], args=[self._ttl_ms, *args]
-            )
-        return result
+        return await self._batcher.script(
+            self._scripts[script], [self.nodes_key, *keys], [self._ttl_ms, *args]
+        )
 
     async def _beat(self, *, first: bool = False) -> None:
         """One heartbeat; rewrites this node's entries when the cluster gave the node up or a
         write may have been lost."""
         alive = await self._run("heartbeat", [], [self.node_id, self._base + "node:"])
-        for _ in range(3):  # entries changed while a resync was on its way: once more
-            if alive and not self._dirty:
-                return
-            if not alive and not first:
-                logger.warning("%s: this node was given up; writing its entries again", self.where)
-            version = self._version
-            self._dirty = False
-            await self._run("resync", [self._index(self.node_id)], [self.node_id, *self._entries])
-            alive, self._dirty = 1, self._version != version
-        self._dirty = True
+        if alive and not self._dirty:
+            return
+        if not alive and not first:
+            logger.warning("%s: this node was given up; writing its entries again", self.where)
+        self._dirty = False
+        # Commands reach Redis in submission order (Batcher), so this snapshot of the entries
+        # lands before every change made after it, and after every change made before it.
+        await self._run("resync", [self._index(self.node_id)], [self.node_id, *self._entries])
 
     async def _beat_forever(self) -> None:
         interval = self.node_ttl / 3

@@ -34,7 +34,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
-from ..brokers.redis import check_prefix, connect_redis, describe, ping, redis_errors
+from ..brokers.redis import Batcher, check_prefix, connect_redis, describe, ping, redis_errors
 from ..errors import BackendUnavailable
 from ..interfaces import Retention
 from ..types import StoredMessage, StreamPosition
@@ -165,6 +165,7 @@ class RedisStore:
         self._unwritten_ttl_ms = int(unwritten_ttl * 1000)
         self._clock = clock
         self._client: Redis | None = None
+        self._batcher: Batcher | None = None
         self._scripts: dict[str, AsyncScript] = {}
 
     def keys(self, stream: str) -> tuple[str, str]:
@@ -186,10 +187,14 @@ class RedisStore:
             await client.aclose()
             raise
         self._client = client
+        self._batcher = Batcher(client, self.where)
         sources = {"append": _APPEND, "read": _READ, "position": _POSITION, "advance": _ADVANCE}
         self._scripts = {name: client.register_script(src) for name, src in sources.items()}
 
     async def close(self) -> None:
+        if self._batcher is not None:
+            await self._batcher.close()
+            self._batcher = None
         if self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -228,31 +233,27 @@ class RedisStore:
 
     async def cursor(self, stream: str) -> int:
         meta, _ = self.keys(stream)
-        with redis_errors(self.where):
-            value = await self._running().hget(meta, "cursor")
+        value = await self._running().run("HGET", meta, "cursor")
         return int(value) if value is not None else 0
 
     async def advance_cursor(self, stream: str, offset: int) -> None:
         meta, _ = self.keys(stream)
-        with redis_errors(self.where):
-            await self._scripts["advance"](keys=[meta], args=[offset])
+        await self._running().script(self._scripts["advance"], [meta], [offset])
 
     # -- internals -----------------------------------------------------------------------------
 
-    def _running(self) -> Redis:
-        if self._client is None:
+    def _running(self) -> Batcher:
+        if self._batcher is None:
             raise BackendUnavailable(f"{self.where}: the store is not started")
-        return self._client
+        return self._batcher
 
     async def _call(self, script: str, stream: str, *args: bytes | int) -> Any:
         """Run one of the per-stream scripts (they all take a fresh epoch and the unwritten
         ttl first)."""
-        self._running()
         epoch = uuid.uuid4().hex[:12]
-        with redis_errors(self.where):
-            return await self._scripts[script](
-                keys=list(self.keys(stream)), args=[epoch, self._unwritten_ttl_ms, *args]
-            )
+        return await self._running().script(
+            self._scripts[script], self.keys(stream), [epoch, self._unwritten_ttl_ms, *args]
+        )
 
 
 def _body(item: bytes) -> bytes:
