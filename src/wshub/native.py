@@ -251,11 +251,9 @@ class HubProtocol(asyncio.Protocol):
             self._write_handshake_output(close=True)
 
     def _hand_over(self, data: bytes) -> None:
-        from uvicorn.protocols.websockets.websockets_sansio_impl import (
-            WebSocketsSansIOProtocol,
-        )
+        from .uvicorn_ws import SafeWebSocketsProtocol
 
-        fallback = WebSocketsSansIOProtocol(
+        fallback = SafeWebSocketsProtocol(
             config=self._config,
             server_state=self._server_state,
             app_state=self._app_state,

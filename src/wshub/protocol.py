@@ -226,7 +226,9 @@ def describe_validation_error(exc: ValidationError, prefix: str = "payload") -> 
 # Built-in client payloads
 
 ChannelName = Annotated[StrictStr, Field(pattern=CHANNEL_PATTERN)]
-_Offset = Annotated[StrictInt, Field(ge=0)]
+#: Offsets are 64-bit signed integers in every store.
+MAX_OFFSET = 2**63 - 1
+_Offset = Annotated[StrictInt, Field(ge=0, le=MAX_OFFSET)]
 
 
 class _Payload(BaseModel):

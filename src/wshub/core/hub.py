@@ -21,7 +21,7 @@ import orjson
 from pydantic import BaseModel
 
 from ..config import Settings
-from ..errors import AuthFailed, Forbidden
+from ..errors import AuthFailed, Forbidden, InvalidMessage
 from ..interfaces import (
     Authenticator,
     Broker,
@@ -60,6 +60,15 @@ class Delivery:
     delivered: bool
     queued: bool
     offset: int
+
+
+def _dumps(value: JSONObject) -> bytes:
+    """orjson.dumps, with what it cannot encode (nesting over 254 levels, integers past 64
+    bits, lone surrogates) answered as the caller's mistake: ``invalid_message`` / HTTP 422."""
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError as exc:
+        raise InvalidMessage(f"payload: cannot be encoded as JSON ({exc})") from None
 
 
 class _RefuseAll:
@@ -269,9 +278,7 @@ class Hub:
     async def publish(self, channel: str, data: JSON, *, sender: str | None = None) -> int:
         """Publish ``data`` on ``channel``: store it in history, deliver it to every subscriber.
         Returns the publication's offset."""
-        body = orjson.dumps(
-            {"channel": channel, "data": data, "timestamp": now_ms(), "from": sender}
-        )
+        body = _dumps({"channel": channel, "data": data, "timestamp": now_ms(), "from": sender})
         key = channel_key(channel)
         pos = await self.store.append(key, body, self.retention_for(channel))
         frame = Frame(message_envelope(body, pos.offset))
@@ -290,7 +297,7 @@ class Hub:
             raise ValueError(f"{type_!r} is a type the server itself sends")
         uid = UserId(user_id)
         key = user_key(uid)
-        envelope = encode(type_, payload)
+        envelope = _dumps({"type": type_, "payload": payload})
         pos = await self.store.append(key, envelope, self._inbox)
         frame = Frame(with_offset(envelope, pos.offset))
         self.stats.user_messages += 1

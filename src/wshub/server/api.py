@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from pydantic import BaseModel, Field, StrictStr, field_validator
 
 from ..core.hub import Hub
-from ..protocol import RESERVED_TYPES, ChannelName, NotificationPayload, now_ms
+from ..protocol import MAX_OFFSET, RESERVED_TYPES, ChannelName, NotificationPayload, now_ms
 from ..types import JSON
 
 __all__ = ["build_api_router"]
@@ -27,7 +27,7 @@ class PublishResult(BaseModel):
 
 class SendBody(BaseModel):
     type: Annotated[StrictStr, Field(min_length=1, max_length=128)]
-    payload: dict[str, Any] = Field(default_factory=dict)
+    payload: dict[str, Any] | None = Field(default_factory=dict, description="null means {}")
 
     @field_validator("type")
     @classmethod
@@ -120,7 +120,7 @@ def build_api_router(hub: Hub) -> APIRouter:
 
     @router.post("/users/{user_id}/send", summary="Send a message to every connection of a user")
     async def send(user_id: UserIdPath, body: SendBody) -> DeliveryResult:
-        d = await hub.send_to_user(user_id, body.type, body.payload)
+        d = await hub.send_to_user(user_id, body.type, body.payload or {})
         return DeliveryResult(delivered=d.delivered, queued=d.queued, offset=d.offset)
 
     @router.post("/users/{user_id}/notify", summary="Send a notification to a user")
@@ -146,7 +146,7 @@ def build_api_router(hub: Hub) -> APIRouter:
     @router.get("/channels/{channel:path}/history", summary="Stored publications of a channel")
     async def history(
         channel: ChannelPath,
-        since: Annotated[int, Query(ge=0)] = 0,
+        since: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> HistoryResult:
         items, pos = await hub.history(channel, since, limit)

@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+)
 from starlette.routing import WebSocketRoute
 
 from ..asgi import WebSocketApp
 from ..asyncapi import asyncapi_document, asyncapi_html
 from ..config import Settings
 from ..core.hub import Hub
-from ..errors import BackendUnavailable
+from ..errors import BackendUnavailable, InvalidMessage
 from ..factory import create_hub
 from .api import build_api_router
 from .metrics import metrics_response
@@ -37,6 +46,17 @@ def create_app(settings: Settings | None = None, *, hub: Hub | None = None) -> F
     app.include_router(build_api_router(hub))
     app.router.routes.append(WebSocketRoute(hub.settings.path, WebSocketApp(hub)))
 
+    @app.exception_handler(InvalidMessage)
+    async def invalid_message(request: Request, exc: InvalidMessage) -> JSONResponse:
+        return JSONResponse({"detail": exc.message}, status_code=422)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        # Rendered with ensure_ascii: an input holding a lone surrogate must not turn the 422
+        # into a 500 while it is being encoded.
+        body = json.dumps({"detail": jsonable_encoder(exc.errors())}, ensure_ascii=True)
+        return Response(body, status_code=422, media_type="application/json")
+
     @app.exception_handler(BackendUnavailable)
     async def backend_unavailable(request: Request, exc: BackendUnavailable) -> JSONResponse:
         return JSONResponse({"detail": f"Backend unavailable: {exc}"}, status_code=503)
@@ -57,7 +77,12 @@ def create_app(settings: Settings | None = None, *, hub: Hub | None = None) -> F
         }
         return JSONResponse(body, status_code=200 if ready else 503)
 
-    @app.get("/metrics", tags=["health"], summary="Prometheus metrics")
+    @app.get(
+        "/metrics",
+        tags=["health"],
+        summary="Prometheus metrics",
+        response_class=PlainTextResponse,
+    )
     async def metrics() -> Response:
         body, content_type = metrics_response(hub)
         return Response(body, media_type=content_type)

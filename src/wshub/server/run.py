@@ -55,7 +55,9 @@ def uvicorn_config(
     """The uvicorn settings that match the hub's: message size, heartbeat, shutdown timeout,
     and with ``WS_TRANSPORT=native`` (and a hub) wshub's own WebSocket protocol."""
     heartbeat = settings.heartbeat_interval / 1000
-    ws: Any = "websockets-sansio"
+    from ..uvicorn_ws import SafeWebSocketsProtocol
+
+    ws: Any = SafeWebSocketsProtocol
     if settings.transport == "native" and hub is not None:
         from ..native import protocol_for
 

@@ -261,7 +261,9 @@ class SQLiteStore:
                     db.execute("SAVEPOINT op")
                     results.append((future, op(db), None))
                     db.execute("RELEASE op")
-                except sqlite3.Error as exc:
+                except (sqlite3.Error, OverflowError, ValueError) as exc:
+                    # One bad operation (an out-of-range number, say) fails alone; the writer
+                    # thread and the rest of the batch carry on.
                     db.execute("ROLLBACK TO op")
                     db.execute("RELEASE op")
                     results.append((future, None, BackendUnavailable(f"SQLite: {exc}")))
