@@ -12,6 +12,25 @@ import struct
 OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x1, 0x2, 0x8, 0x9, 0xA
 
 
+def client_frame(
+    payload: bytes, opcode: int = OP_TEXT, *, fin: bool = True, rsv: int = 0, mask: bool = True
+) -> bytes:
+    """One client frame, masked (as RFC 6455 requires) unless told otherwise."""
+    first = (0x80 if fin else 0) | (rsv << 4) | opcode
+    n = len(payload)
+    mbit = 0x80 if mask else 0
+    if n < 126:
+        header = struct.pack("!BB", first, mbit | n)
+    elif n < 65536:
+        header = struct.pack("!BBH", first, mbit | 126, n)
+    else:
+        header = struct.pack("!BBQ", first, mbit | 127, n)
+    if not mask:
+        return header + payload
+    key = os.urandom(4)
+    return header + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
 class RawWS:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
@@ -53,20 +72,7 @@ class RawWS:
     def send_frame(
         self, opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0, mask: bool = True
     ) -> None:
-        first = (0x80 if fin else 0) | (rsv << 4) | opcode
-        n = len(payload)
-        mbit = 0x80 if mask else 0
-        if n < 126:
-            header = struct.pack("!BB", first, mbit | n)
-        elif n < 65536:
-            header = struct.pack("!BBH", first, mbit | 126, n)
-        else:
-            header = struct.pack("!BBQ", first, mbit | 127, n)
-        if mask:
-            key = os.urandom(4)
-            payload = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
-            header += key
-        self.writer.write(header + payload)
+        self.writer.write(client_frame(payload, opcode, fin=fin, rsv=rsv, mask=mask))
 
     def send_text(self, text: str) -> None:
         self.send_frame(OP_TEXT, text.encode())

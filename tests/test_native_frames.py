@@ -2,30 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import struct
-
 import pytest
 
 from wshub.native import ProtocolViolation, parse_frames
 
-
-def client_frame(
-    payload: bytes, opcode: int = 0x1, *, fin: bool = True, rsv: int = 0, mask: bool = True
-) -> bytes:
-    first = (0x80 if fin else 0) | (rsv << 4) | opcode
-    n = len(payload)
-    mbit = 0x80 if mask else 0
-    if n < 126:
-        head = struct.pack("!BB", first, mbit | n)
-    elif n < 65536:
-        head = struct.pack("!BBH", first, mbit | 126, n)
-    else:
-        head = struct.pack("!BBQ", first, mbit | 127, n)
-    if not mask:
-        return head + payload
-    key = os.urandom(4)
-    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+from .rawws import client_frame
 
 
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 65535, 65536, 70000])

@@ -232,9 +232,12 @@ def _wshub_missing(store: str | None) -> Callable[[Session], str | None]:
     return check
 
 
-def _wshub_env(store: str | None) -> Callable[[Session, int, Path], dict[str, str]]:
+def _wshub_env(
+    store: str | None, transport: str = "native"
+) -> Callable[[Session, int, Path], dict[str, str]]:
     def env(s: Session, port: int, run_dir: Path) -> dict[str, str]:
         e = {
+            "WS_TRANSPORT": transport,
             "WS_HOST": "127.0.0.1",
             "WS_PORT": str(port),
             "WS_JWT_SECRET": s.jwt_secret,
@@ -255,12 +258,14 @@ def _wshub_env(store: str | None) -> Callable[[Session, int, Path], dict[str, st
 
 
 def build_servers() -> list[Server]:
-    def wshub(key: str, label: str, store: str | None, only_store: bool) -> Server:
+    def wshub(
+        key: str, label: str, store: str | None, only_store: bool, transport: str = "native"
+    ) -> Server:
         return Server(
             key=key,
             label=label,
             argv=lambda s, port, d: wshub_command(s),
-            env=_wshub_env(store),
+            env=_wshub_env(store, transport),
             wshub=True,
             store=store,
             only_store_heavy=only_store,
@@ -294,6 +299,9 @@ def build_servers() -> list[Server]:
             missing=_importable("socketio", "uvicorn"),
         ),
         wshub("wshub", "wshub (memory store)", None, False),
+        # The hub through plain ASGI under uvicorn, as when mounted in an app without the
+        # native transport (WS_TRANSPORT=asgi runs exactly that endpoint).
+        wshub("wshub-asgi", "wshub, plain ASGI endpoint (memory store)", None, False, "asgi"),
         wshub("wshub-sqlite", "wshub, history in SQLite", "sqlite", True),
         wshub("wshub-redis", "wshub, history in Redis", "redis", True),
     ]

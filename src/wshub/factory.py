@@ -22,6 +22,15 @@ __all__ = [
 ]
 
 
+def _redis_url(url: str, setting: str) -> Any:
+    from .brokers.redis import parse_redis_url
+
+    try:
+        return parse_redis_url(url)
+    except ValueError as exc:
+        raise ConfigError(f"{setting}: {exc}") from None
+
+
 def create_store(url: str) -> Store:
     if url.startswith("memory://"):
         from .stores.memory import MemoryStore
@@ -35,13 +44,9 @@ def create_store(url: str) -> Store:
         except ValueError as exc:
             raise ConfigError(f"WS_STORE_URL: {exc}") from None
     if url.startswith(("redis://", "rediss://")):
-        from .brokers.redis import parse_redis_url
         from .stores.redis import RedisStore
 
-        try:
-            redis_url = parse_redis_url(url)
-        except ValueError as exc:
-            raise ConfigError(f"WS_STORE_URL: {exc}") from None
+        redis_url = _redis_url(url, "WS_STORE_URL")
         return RedisStore(redis_url.url, prefix=redis_url.prefix or "wshub")
     raise ConfigError(f"WS_STORE_URL: no store for {url!r} yet")
 
@@ -52,12 +57,9 @@ def create_broker(url: str) -> Broker:
 
         return MemoryBroker()
     if url.startswith(("redis://", "rediss://")):
-        from .brokers.redis import RedisBroker, parse_redis_url
+        from .brokers.redis import RedisBroker
 
-        try:
-            redis_url = parse_redis_url(url)
-        except ValueError as exc:
-            raise ConfigError(f"WS_BROKER_URL: {exc}") from None
+        redis_url = _redis_url(url, "WS_BROKER_URL")
         return RedisBroker(redis_url.url, channel_prefix=(redis_url.prefix or "wshub") + ":")
     raise ConfigError(f"WS_BROKER_URL: no broker for {url!r} yet")
 
@@ -69,13 +71,9 @@ def create_presence(url: str, *, node_ttl: float = 10.0) -> Presence:
 
         return MemoryPresence()
     if url.startswith(("redis://", "rediss://")):
-        from .brokers.redis import parse_redis_url
         from .presence.redis import RedisPresence
 
-        try:
-            redis_url = parse_redis_url(url)
-        except ValueError as exc:
-            raise ConfigError(f"WS_BROKER_URL: {exc}") from None
+        redis_url = _redis_url(url, "WS_BROKER_URL")
         return RedisPresence(
             redis_url.url,
             prefix=redis_url.prefix or "wshub",
