@@ -48,7 +48,9 @@ def create_app(settings: Settings | None = None, *, hub: Hub | None = None) -> F
 
     @app.exception_handler(InvalidMessage)
     async def invalid_message(request: Request, exc: InvalidMessage) -> JSONResponse:
-        return JSONResponse({"detail": exc.message}, status_code=422)
+        # In FastAPI's own 422 shape, so the response matches the OpenAPI document.
+        detail = [{"loc": ["body"], "msg": exc.message, "type": "value_error"}]
+        return JSONResponse({"detail": detail}, status_code=422)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
