@@ -251,7 +251,7 @@ class HubProtocol(asyncio.Protocol):
             self._write_handshake_output(close=True)
 
     def _hand_over(self, data: bytes) -> None:
-        from .uvicorn_ws import SafeWebSocketsProtocol
+        from .uvicorn_protocols import SafeWebSocketsProtocol
 
         fallback = SafeWebSocketsProtocol(
             config=self._config,

@@ -80,7 +80,7 @@ async def _pong(ws: RawWS, timeout: float = 30.0) -> bool:
 #: so ``Server.shutdown`` raises and the server does not shut down cleanly.
 TRANSPORTS = [
     "native",
-    "asgi",  # wshub.uvicorn_ws.SafeWebSocketsProtocol answers refused handshakes
+    "asgi",  # wshub.uvicorn_protocols.SafeWebSocketsProtocol answers refused handshakes
 ]
 
 
@@ -213,7 +213,7 @@ async def test_cve_2026_48779_ws_fragment_flood_past_the_size_limit_closes_with_
 # keeps a list with one bytes object per fragment and no count limit.
 FLOOD_TRANSPORTS = [
     "native",
-    "asgi",  # wshub.uvicorn_ws.SafeWebSocketsProtocol caps fragments
+    "asgi",  # wshub.uvicorn_protocols.SafeWebSocketsProtocol caps fragments
 ]
 
 

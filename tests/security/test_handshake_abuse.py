@@ -17,7 +17,7 @@ from .rawhttp import aclose, bystander_ok, handshake_request, raw_handshake
 
 TRANSPORTS = [
     "native",
-    "asgi",  # wshub.uvicorn_ws.SafeWebSocketsProtocol answers refused handshakes
+    "asgi",  # wshub.uvicorn_protocols.SafeWebSocketsProtocol answers refused handshakes
 ]
 BIG_HEADER = [("X-Big", "a" * (64 * 1024 + 1))]
 
@@ -98,12 +98,6 @@ async def test_slowloris_half_handshakes_do_not_stop_a_normal_client(
         assert await server.hub.wait_idle(5)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="uvicorn (httptools) arms no timer before a request head is complete; "
-    "timeout_keep_alive only runs between requests: half-sent requests stay open "
-    "indefinitely (observed: still open after 70 s)",
-)
 async def test_a_half_sent_handshake_is_closed_by_the_server() -> None:
     """With uvicorn's idle timeout at 1 s, a connection that sent half a request line and then
     nothing must be closed within a few seconds."""

@@ -55,7 +55,7 @@ def uvicorn_config(
     """The uvicorn settings that match the hub's: message size, heartbeat, shutdown timeout,
     and with ``WS_TRANSPORT=native`` (and a hub) wshub's own WebSocket protocol."""
     heartbeat = settings.heartbeat_interval / 1000
-    from ..uvicorn_ws import SafeWebSocketsProtocol
+    from ..uvicorn_protocols import GuardedHttpProtocol, SafeWebSocketsProtocol
 
     ws: Any = SafeWebSocketsProtocol
     if settings.transport == "native" and hub is not None:
@@ -66,6 +66,7 @@ def uvicorn_config(
         "host": settings.host,
         "port": settings.port,
         "ws": ws,
+        "http": GuardedHttpProtocol,
         "ws_max_size": settings.max_message_size,
         "ws_ping_interval": heartbeat,
         "ws_ping_timeout": heartbeat,
