@@ -111,7 +111,17 @@ def build_api_router(hub: Hub) -> APIRouter:
         if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), api_key):
             raise HTTPException(401, "Missing or invalid API key", {"WWW-Authenticate": "Bearer"})
 
-    router = APIRouter(prefix="/api", dependencies=[Depends(require_key)], tags=["api"])
+    router = APIRouter(
+        prefix="/api",
+        dependencies=[Depends(require_key)],
+        tags=["api"],
+        responses={
+            401: {"description": "Missing or invalid API key"},
+            # e.g. a channel path segment with characters no route matches (a newline)
+            404: {"description": "No such route"},
+            503: {"description": "A backend this call needs is unavailable"},
+        },
+    )
 
     @router.post("/publish", summary="Publish to a channel")
     async def publish(body: PublishBody) -> PublishResult:
