@@ -334,8 +334,10 @@ class HubProtocol(asyncio.Protocol):
             self._dispatch_frames(exc.frames)
             self._fail(exc.code, exc.reason)
             return
-        rest = data[used:]
-        self._buf = bytearray(rest) if rest else bytearray()
+        if used < len(data):
+            self._buf = bytearray(data[used:])
+        elif self._buf:
+            self._buf = bytearray()
         if frames:
             self._dispatch_frames(frames)
 
@@ -424,7 +426,13 @@ class HubProtocol(asyncio.Protocol):
         self._session.receive_binary()
 
     def _run(self, session: Session, text: str) -> None:
-        coro = session.receive(text)
+        if type(session).receive is Session.receive:
+            pending = session.receive_nowait(text)
+            if pending is None:  # answered already (ping, an error): nothing to run
+                return
+            coro = pending
+        else:  # a session class with its own receive (tests/conformance's echo)
+            coro = session.receive(text)
         if not session.hub.eager:
             # A backend (redis-py) needs to run inside a task (asyncio.timeout): no eager start.
             task: asyncio.Future[None] = self._loop.create_task(coro)

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import enum
 import time
-from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
@@ -175,9 +174,11 @@ def with_offset(envelope: bytes, offset: int) -> bytes:
 # Decoding
 
 
-@dataclass(frozen=True, slots=True)
-class Incoming:
-    """A client envelope whose shape is valid; ``payload`` is not validated yet."""
+class Incoming(NamedTuple):
+    """A client envelope whose shape is valid; ``payload`` is not validated yet.
+
+    (A NamedTuple: one is built per client message, and a frozen dataclass costs twice as
+    much to create.)"""
 
     type: str
     payload: JSONObject

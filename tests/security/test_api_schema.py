@@ -16,6 +16,7 @@ import threading
 from collections.abc import Iterator
 
 import httpx
+import orjson
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, assume, settings
@@ -89,6 +90,16 @@ def api(api_url: str) -> str:
     return api_url
 
 
+def _encodable(body: object) -> bool:
+    if not isinstance(body, dict | list):
+        return True  # no JSON body (GET) or not ours to encode
+    try:
+        orjson.dumps(body)
+    except (orjson.JSONEncodeError, TypeError):
+        return False
+    return True
+
+
 SETTINGS = settings(
     max_examples=EXAMPLES,
     deadline=None,
@@ -114,6 +125,9 @@ def test_the_http_api_answers_every_request_as_its_openapi_schema_says(
     """Status codes, content types and bodies as documented; invalid requests refused."""
     # Known, with an xfail test below: a body that is not UTF-8 gets 400 (undocumented).
     assume(not isinstance(case.body, bytes | str))
+    # Schema-valid but not representable (integers past 64 bits, lone surrogates, nesting past
+    # 254 levels): refused with 422 on purpose (test_payload_limits.py), not a schema mismatch.
+    assume(_encodable(case.body))
     case.call_and_validate(base_url=api, headers=AUTH, timeout=10)
 
 

@@ -143,6 +143,8 @@ class Hub:
         from .handlers import register_builtin_handlers
 
         register_builtin_handlers(self.router)
+        # Sessions answer the built-in ping directly (unless an application replaces it).
+        self._ping_route = self.router.get("ping")
 
     # -- lifecycle -------------------------------------------------------------------------
 

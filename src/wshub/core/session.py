@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import MutableMapping
+from collections.abc import Coroutine, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from ..errors import (
@@ -14,13 +14,16 @@ from ..errors import (
     RateLimited,
     UnknownType,
 )
-from ..protocol import CloseCode, ErrorCode, Frame, decode, encode
+from ..protocol import CloseCode, ErrorCode, Frame, decode, encode, now_ms
 from ..types import ConnectionId, JSONObject, Principal, UserId
 from .ratelimit import TokenBucket
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
+
     from ..interfaces import Connection
     from .hub import Hub
+    from .router import Route
 
 __all__ = ["Context", "Session"]
 
@@ -148,8 +151,16 @@ class Session:
 
     async def receive(self, raw: str | bytes) -> None:
         """Handle one client text frame. Never raises: every problem becomes an ``error`` frame."""
+        pending = self.receive_nowait(raw)
+        if pending is not None:
+            await pending
+
+    def receive_nowait(self, raw: str | bytes) -> Coroutine[Any, Any, None] | None:
+        """The synchronous part of :meth:`receive`: decode, limits, routing, validation, and
+        the built-in ``ping`` and every error answered at once. Returns the coroutine that runs
+        the message's handler, or ``None`` when nothing is left to await. Never raises."""
         if not self.open:
-            return
+            return None
         hub = self.hub
         hub.stats.messages_in += 1
         msg_id: str | None = None
@@ -167,7 +178,7 @@ class Session:
                 if self._bucket.abusive:
                     self.log.warning("closing: persistent rate-limit abuse")
                     self.close(CloseCode.POLICY_VIOLATION, "rate limit exceeded", drain=True)
-                    return
+                    return None
                 hub.stats.rate_limited += 1
                 raise RateLimited(
                     f"More than {hub.settings.rate_limit:g} messages per second; slow down"
@@ -179,25 +190,39 @@ class Session:
                 hub.stats.in_by_type["unknown"] += 1
                 raise UnknownType(incoming.type)
             hub.stats.in_by_type[incoming.type] += 1
+            if route is hub._ping_route:  # the built-in keepalive: no payload, context or await
+                self.send("pong", {"timestamp": now_ms()}, id=msg_id)
+                return None
             if self.principal is None and (
                 route.requires_auth or (hub.settings.require_auth and incoming.type != "ping")
             ):
                 raise NotAuthenticated(f"Authenticate before sending {incoming.type!r}")
             payload = route.validate(incoming.payload)
-            started = time.perf_counter()
-            try:
-                await route.handler(Context(self, incoming.type, msg_id), payload)
-            finally:
-                hub.stats.observe_handler(time.perf_counter() - started)
         except ProtocolError as exc:
             self.send_error(exc.code, exc.message, id=msg_id)
+            return None
+        except Exception:
+            self.log.exception("failed before the handler")
+            self.send_error(ErrorCode.INTERNAL_ERROR, "Internal server error", id=msg_id)
+            return None
+        return self._handle(route, Context(self, incoming.type, msg_id), payload)
+
+    async def _handle(self, route: Route, ctx: Context, payload: BaseModel) -> None:
+        hub = self.hub
+        started = time.perf_counter()
+        try:
+            await route.handler(ctx, payload)
+        except ProtocolError as exc:
+            self.send_error(exc.code, exc.message, id=ctx.id)
         except BackendUnavailable as exc:
             hub.stats.backend_errors += 1
             self.log.warning("backend unavailable: %s", exc)
-            self.send_error(ErrorCode.INTERNAL_ERROR, "Service temporarily unavailable", id=msg_id)
+            self.send_error(ErrorCode.INTERNAL_ERROR, "Service temporarily unavailable", id=ctx.id)
         except Exception:
             self.log.exception("handler failed")
-            self.send_error(ErrorCode.INTERNAL_ERROR, "Internal server error", id=msg_id)
+            self.send_error(ErrorCode.INTERNAL_ERROR, "Internal server error", id=ctx.id)
+        finally:
+            hub.stats.observe_handler(time.perf_counter() - started)
 
     def auth_failed(self) -> None:
         """Count a failed ``authenticate``; past ``WS_MAX_AUTH_ATTEMPTS`` the connection closes."""
