@@ -36,7 +36,7 @@ from ..types import JSON, ConnectionId, JSONObject, Principal, StoredMessage, St
 from .fanout import LocalFanout, channel_key, message_envelope, user_key
 from .permissions import ChannelKind, channel_kind
 from .policy import ChannelPolicy
-from .recovery import is_recovered
+from .recovery import is_recovered, replay_from
 from .router import Handler, Router
 from .sequencer import Sequencer
 from .session import Session
@@ -633,8 +633,9 @@ class Hub:
         if not resuming:
             return messages, pos, None
         recovered = is_recovered(since, epoch, pos, messages)
-        if epoch is not None and epoch != pos.epoch:
-            messages, pos = await self.store.read(key, 0)
+        start = replay_from(since, epoch, pos)  # another epoch: everything kept
+        if start != since:
+            messages, pos = await self.store.read(key, start)
         return messages, pos, recovered
 
     def _replay(
