@@ -8,8 +8,38 @@ import base64
 import os
 import socket
 import struct
+from collections.abc import Iterable
 
 OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x1, 0x2, 0x8, 0x9, 0xA
+
+
+def handshake_request(
+    host: str,
+    port: int,
+    path: str = "/ws",
+    headers: Iterable[tuple[str, str]] = (),
+) -> bytes:
+    """A valid WebSocket upgrade request, with ``headers`` added after the required ones."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    lines = [
+        f"GET {path} HTTP/1.1",
+        f"Host: {host}:{port}",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Key: {key}",
+        "Sec-WebSocket-Version: 13",
+        *(f"{k}: {v}" for k, v in headers),
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def vm_rss_kib(pid: int) -> int:
+    """Resident memory of a process, from /proc (Linux)."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
 def client_frame(
@@ -51,17 +81,7 @@ class RawWS:
         sock.setblocking(False)
         await asyncio.get_running_loop().sock_connect(sock, (host, port))
         reader, writer = await asyncio.open_connection(sock=sock)
-        key = base64.b64encode(os.urandom(16)).decode()
-        lines = [
-            f"GET {path} HTTP/1.1",
-            f"Host: {host}:{port}",
-            "Upgrade: websocket",
-            "Connection: Upgrade",
-            f"Sec-WebSocket-Key: {key}",
-            "Sec-WebSocket-Version: 13",
-            *(f"{k}: {v}" for k, v in (headers or {}).items()),
-        ]
-        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        writer.write(handshake_request(host, port, path, (headers or {}).items()))
         head = await reader.readuntil(b"\r\n\r\n")
         status = head.split(b"\r\n", 1)[0]
         if b" 101 " not in status:

@@ -14,6 +14,7 @@ Tests that need Redis are skipped with a clear reason when ``redis-server`` is n
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -27,7 +28,13 @@ import redis
 
 from wshub.testing import free_port
 
-__all__ = ["RedisServer", "redis_server", "redis_url", "require_redis_server"]
+__all__ = [
+    "RedisServer",
+    "persistent_redis",
+    "redis_server",
+    "redis_url",
+    "require_redis_server",
+]
 
 READY = "Ready to accept connections"
 
@@ -142,3 +149,15 @@ def redis_url(redis_server: RedisServer) -> str:
     """The session's Redis, emptied for this test."""
     redis_server.flush()
     return redis_server.url
+
+
+@contextlib.contextmanager
+def persistent_redis(directory: Path) -> Iterator[RedisServer]:
+    """A redis-server of one test alone, persisting every acknowledged write
+    (appendonly, appendfsync always), stopped afterwards."""
+    server = RedisServer(directory, appendonly=True)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

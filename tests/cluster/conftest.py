@@ -19,7 +19,7 @@ from wshub.testing import TestClient
 
 from ..conftest import API_KEY, SECRET
 from ..procs import ServerProcess
-from ..redis_server import RedisServer
+from ..redis_server import RedisServer, persistent_redis
 
 #: Seconds without heartbeat after which a node counts as dead: short, so tests stay short.
 NODE_TTL = 1.5
@@ -66,12 +66,8 @@ class ClusterFactory(Protocol):
 @pytest.fixture
 def redis(tmp_path: Path) -> Iterator[RedisServer]:
     """This test's redis-server, persisting every acknowledged write (appendfsync always)."""
-    server = RedisServer(tmp_path / "redis", appendonly=True)
-    server.start()
-    try:
+    with persistent_redis(tmp_path / "redis") as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from wshub.interfaces import Retention
 from wshub.presence.redis import RedisPresence
 from wshub.stores.redis import RedisStore
 
-from ..redis_server import RedisServer
+from ..redis_server import RedisServer, persistent_redis
 from .conftest import eventually
 
 KEEP = Retention(size=None, ttl=None)
@@ -34,12 +34,8 @@ KEEP = Retention(size=None, ttl=None)
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
     """A redis-server of this test alone, persisting every write (appendfsync always)."""
-    server = RedisServer(tmp_path / "redis", appendonly=True)
-    server.start()
-    try:
+    with persistent_redis(tmp_path / "redis") as server:
         yield server
-    finally:
-        server.stop()
 
 
 # -- store -------------------------------------------------------------------------------------

@@ -5,15 +5,13 @@ as it is) with what the attacks need."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import os
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import websockets
 
-from ..rawws import RawWS
+from ..rawws import RawWS, handshake_request, vm_rss_kib
 
 __all__ = [
     "Response",
@@ -25,26 +23,6 @@ __all__ = [
     "read_response",
     "vm_rss_kib",
 ]
-
-
-def handshake_request(
-    host: str,
-    port: int,
-    path: str = "/ws",
-    headers: Iterable[tuple[str, str]] = (),
-) -> bytes:
-    """A valid WebSocket upgrade request, with ``headers`` added after the required ones."""
-    key = base64.b64encode(os.urandom(16)).decode()
-    lines = [
-        f"GET {path} HTTP/1.1",
-        f"Host: {host}:{port}",
-        "Upgrade: websocket",
-        "Connection: Upgrade",
-        f"Sec-WebSocket-Key: {key}",
-        "Sec-WebSocket-Version: 13",
-        *(f"{k}: {v}" for k, v in headers),
-    ]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
 @dataclass
@@ -116,12 +94,3 @@ async def aclose(writer: asyncio.StreamWriter) -> None:
     writer.close()
     with contextlib.suppress(ConnectionError):
         await writer.wait_closed()
-
-
-def vm_rss_kib(pid: int) -> int:
-    """Resident memory of a process, from /proc (Linux)."""
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for pid {pid}")

@@ -8,14 +8,7 @@ import httpx
 
 from ..conftest import API_KEY
 from ..procs import ServerProcess
-from ..rawws import RawWS
-
-
-def _rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
+from ..rawws import RawWS, vm_rss_kib
 
 
 async def test_stalled_readers_are_cut_off_and_rss_stays_bounded(tmp_path: Path) -> None:
@@ -32,13 +25,13 @@ async def test_stalled_readers_are_cut_off_and_rss_stays_bounded(tmp_path: Path)
             readers.append(ws)
         headers = {"Authorization": f"Bearer {API_KEY}"}
         async with httpx.AsyncClient(base_url=server.http, headers=headers, timeout=10) as api:
-            baseline = _rss_bytes(server.proc.pid)
+            baseline = vm_rss_kib(server.proc.pid) * 1024
             blob = "x" * 8000
             # 1000 x 8 kB = 8 MB per reader: 800 MB if the server buffered everything.
             for i in range(1000):
                 r = await api.post("/api/publish", json={"channel": "firehose", "data": [i, blob]})
                 assert r.status_code == 200
-            grown = _rss_bytes(server.proc.pid) - baseline
+            grown = vm_rss_kib(server.proc.pid) * 1024 - baseline
             status = (await api.get("/metrics")).text
         assert grown < 120 * 1024 * 1024, f"RSS grew by {grown / 2**20:.0f} MiB"
         assert "wshub_overflows_total 100.0" in status
