@@ -13,10 +13,10 @@ from wshub.protocol import Frame, Incoming, decode, encode, with_offset
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [
-        ('{"type":"ping"}', Incoming("ping", {}, None)),
-        ('{"type":"ping","payload":null}', Incoming("ping", {}, None)),
-        ('{"type":"x","payload":{"a":1},"id":"r1"}', Incoming("x", {"a": 1}, "r1")),
-        (b'{"type":"x","extra":true}', Incoming("x", {}, None)),
+        ('{"type":"ping"}', ("ping", {}, None)),
+        ('{"type":"ping","payload":null}', ("ping", {}, None)),
+        ('{"type":"x","payload":{"a":1},"id":"r1"}', ("x", {"a": 1}, "r1")),
+        (b'{"type":"x","extra":true}', ("x", {}, None)),
     ],
 )
 def test_decode_accepts_valid_envelopes(raw: str | bytes, expected: Incoming) -> None:

@@ -27,7 +27,7 @@ import logging
 import types
 import weakref
 from collections import deque
-from collections.abc import Coroutine, Generator
+from collections.abc import Callable, Coroutine, Generator
 from typing import Any, ClassVar, cast
 
 from websockets.http11 import Request
@@ -123,12 +123,14 @@ class HubProtocol(asyncio.Protocol):
         self._fragment_opcode = 0
         self._fragment_count = 0
         self._busy: asyncio.Future[None] | None = None
+        self._nowait: Callable[[str], Coroutine[Any, Any, None] | None] | None = None
         self._backlog: deque[str] = deque()
         self._reading_paused = False
         # outgoing: frames of this loop turn, joined on flush
         self._out: list[bytes] = []
         self._out_bytes = 0
         self._flush_scheduled = False
+        self._flusher = _flusher_for(self._loop)
         self._paused = False
         self._max_bytes = 0
         self._max_frames = 0
@@ -142,11 +144,31 @@ class HubProtocol(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
-        if self._fallback is not None:
-            self._fallback.data_received(data)
-            return
         state = self._state
-        if state in (_OPEN, _CLOSING):
+        if state == _OPEN:
+            # The common case first: one whole small text frame (masked, final, 7-bit length)
+            # and nothing buffered, in progress or waiting: straight to the session.
+            n = len(data) - 6
+            if (
+                0 < n < 126
+                and data[0] == 0x81
+                and data[1] == 0x80 | n
+                and not self._buf
+                and self._fragments is None
+                and self._busy is None
+                and n <= self._max_size
+            ):
+                try:
+                    text = apply_mask(data[6:], data[2:6]).decode()
+                except UnicodeDecodeError:
+                    self._fail(CloseCode.INVALID_DATA, "invalid UTF-8")
+                    return
+                self._run(text)
+                return
+            self._receive(data)
+        elif self._fallback is not None:
+            self._fallback.data_received(data)
+        elif state == _CLOSING:
             self._receive(data)
         elif state == _CONNECTING:
             if self._hub is None:
@@ -305,6 +327,8 @@ class HubProtocol(asyncio.Protocol):
             headers=headers,
         )
         self._session = session
+        if type(session).receive is Session.receive:  # no override: its synchronous part
+            self._nowait = session.receive_nowait
         self._state = _OPEN
         _heartbeat_for(hub).add(self)
         await hub.start_session(session, principal)
@@ -418,22 +442,25 @@ class HubProtocol(asyncio.Protocol):
                 self._reading_paused = True
                 self.transport.pause_reading()
             return
-        self._run(session, text)
+        self._run(text)
 
     def _binary(self, data: bytes) -> None:
         """Binary messages are not part of protocol v1: the session answers with an error."""
         assert self._session is not None
         self._session.receive_binary()
 
-    def _run(self, session: Session, text: str) -> None:
-        if type(session).receive is Session.receive:
-            pending = session.receive_nowait(text)
+    def _run(self, text: str) -> None:
+        nowait = self._nowait
+        if nowait is not None:
+            pending = nowait(text)
             if pending is None:  # answered already (ping, an error): nothing to run
                 return
             coro = pending
         else:  # a session class with its own receive (tests/conformance's echo)
-            coro = session.receive(text)
-        if not session.hub.eager:
+            assert self._session is not None
+            coro = self._session.receive(text)
+        assert self._hub is not None
+        if not self._hub.eager:
             # A backend (redis-py) needs to run inside a task (asyncio.timeout): no eager start.
             task: asyncio.Future[None] = self._loop.create_task(coro)
             self._busy = task
@@ -451,7 +478,7 @@ class HubProtocol(asyncio.Protocol):
         self._busy = None
         session = self._session
         while self._backlog and self._busy is None and session is not None:
-            self._run(session, self._backlog.popleft())
+            self._run(self._backlog.popleft())
         if self._busy is None and self._reading_paused and self.transport is not None:
             self._reading_paused = False
             if not self.transport.is_closing():
@@ -467,7 +494,7 @@ class HubProtocol(asyncio.Protocol):
         self._out_bytes = size
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+            self._flusher.add(self)
         return True
 
     def _write_now(self, wire: bytes) -> None:
@@ -614,6 +641,42 @@ class _Heartbeat:
             await asyncio.sleep(self.interval)
             for conn in list(self.connections):
                 conn.ping()
+
+
+class _Flusher:
+    """One ``call_soon`` per loop turn for all the connections that queued frames during it
+    (instead of one per connection): at the end of the turn each is flushed, one write each."""
+
+    __slots__ = ("__weakref__", "_loop", "_pending", "_scheduled")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._pending: list[HubProtocol] = []
+        self._scheduled = False
+
+    def add(self, conn: HubProtocol) -> None:
+        self._pending.append(conn)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._run)
+
+    def _run(self) -> None:
+        self._scheduled = False
+        pending, self._pending = self._pending, []
+        for conn in pending:
+            conn._flush()
+
+
+_flushers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Flusher] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _flusher_for(loop: asyncio.AbstractEventLoop) -> _Flusher:
+    flusher = _flushers.get(loop)
+    if flusher is None:
+        flusher = _flushers[loop] = _Flusher(loop)
+    return flusher
 
 
 _heartbeats: weakref.WeakKeyDictionary[Hub, _Heartbeat] = weakref.WeakKeyDictionary()

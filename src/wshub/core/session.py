@@ -5,16 +5,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Coroutine, MutableMapping
+from time import time_ns
 from typing import TYPE_CHECKING, Any
 
 from ..errors import (
     BackendUnavailable,
     NotAuthenticated,
     ProtocolError,
-    RateLimited,
     UnknownType,
 )
-from ..protocol import CloseCode, ErrorCode, Frame, decode, encode, now_ms
+from ..protocol import CloseCode, ErrorCode, Frame, decode, encode
 from ..types import ConnectionId, JSONObject, Principal, UserId
 from .ratelimit import TokenBucket
 
@@ -162,42 +162,38 @@ class Session:
         if not self.open:
             return None
         hub = self.hub
-        hub.stats.messages_in += 1
-        msg_id: str | None = None
+        stats = hub.stats
+        stats.messages_in += 1
         try:
-            try:
-                incoming = decode(raw)
-            except ProtocolError as exc:
-                bad: ProtocolError | None = exc
-                msg_id = getattr(exc, "id", None)
-            else:
-                bad = None
-                msg_id = incoming.id
+            incoming = decode(raw)
+        except ProtocolError as exc:
             # Every frame costs a token, valid or not, so garbage cannot flood past the limit.
-            if not self._bucket.take():
-                if self._bucket.abusive:
-                    self.log.warning("closing: persistent rate-limit abuse")
-                    self.close(CloseCode.POLICY_VIOLATION, "rate limit exceeded", drain=True)
-                    return None
-                hub.stats.rate_limited += 1
-                raise RateLimited(
-                    f"More than {hub.settings.rate_limit:g} messages per second; slow down"
-                )
-            if bad is not None:
-                raise bad
-            route = hub.router.get(incoming.type)
+            msg_id = getattr(exc, "id", None)
+            if self._bucket.take():
+                self.send_error(exc.code, exc.message, id=msg_id)
+            else:
+                self._rate_limited(msg_id)
+            return None
+        type_, payload, msg_id = incoming
+        if not self._bucket.take():
+            self._rate_limited(msg_id)
+            return None
+        route = hub.router.get(type_)
+        if route is hub._ping_route:  # the built-in keepalive: no payload, context or await
+            stats.in_by_type[type_] += 1
+            stats.out_by_type["pong"] += 1
+            self.send_frame(Frame(encode("pong", {"timestamp": time_ns() // 1_000_000}, id=msg_id)))
+            return None
+        try:
             if route is None:
-                hub.stats.in_by_type["unknown"] += 1
-                raise UnknownType(incoming.type)
-            hub.stats.in_by_type[incoming.type] += 1
-            if route is hub._ping_route:  # the built-in keepalive: no payload, context or await
-                self.send("pong", {"timestamp": now_ms()}, id=msg_id)
-                return None
+                stats.in_by_type["unknown"] += 1
+                raise UnknownType(type_)
+            stats.in_by_type[type_] += 1
             if self.principal is None and (
-                route.requires_auth or (hub.settings.require_auth and incoming.type != "ping")
+                route.requires_auth or (hub.settings.require_auth and type_ != "ping")
             ):
-                raise NotAuthenticated(f"Authenticate before sending {incoming.type!r}")
-            payload = route.validate(incoming.payload)
+                raise NotAuthenticated(f"Authenticate before sending {type_!r}")
+            validated = route.validate(payload)
         except ProtocolError as exc:
             self.send_error(exc.code, exc.message, id=msg_id)
             return None
@@ -205,7 +201,20 @@ class Session:
             self.log.exception("failed before the handler")
             self.send_error(ErrorCode.INTERNAL_ERROR, "Internal server error", id=msg_id)
             return None
-        return self._handle(route, Context(self, incoming.type, msg_id), payload)
+        return self._handle(route, Context(self, type_, msg_id), validated)
+
+    def _rate_limited(self, msg_id: str | None) -> None:
+        """A message over the rate limit: an error, or the connection closed for abuse."""
+        if self._bucket.abusive:
+            self.log.warning("closing: persistent rate-limit abuse")
+            self.close(CloseCode.POLICY_VIOLATION, "rate limit exceeded", drain=True)
+            return
+        self.hub.stats.rate_limited += 1
+        self.send_error(
+            ErrorCode.RATE_LIMITED,
+            f"More than {self.hub.settings.rate_limit:g} messages per second; slow down",
+            id=msg_id,
+        )
 
     async def _handle(self, route: Route, ctx: Context, payload: BaseModel) -> None:
         hub = self.hub
