@@ -61,6 +61,19 @@ class ASGIConnection:
         self._close = None
         self.outbox.close(drop=True)
 
+    async def send_held(self) -> None:
+        """Send what was queued while the outbox was held (see :meth:`Outbox.hold`), from the
+        connection's own task; frames queued meanwhile go too."""
+        send = self._send
+        outbox = self.outbox
+        try:
+            while frames := outbox.take_nowait():
+                for frame in frames:
+                    await send({"type": "websocket.send", "text": frame.text})
+        except Exception as exc:  # the client went away mid-write: as in run_writer
+            logger.debug("send stopped: %r", exc)
+            self.abort()
+
     async def run_writer(self) -> None:
         """Write queued frames in order until closed; then send the close frame if one is due."""
         send = self._send
@@ -129,6 +142,7 @@ class WebSocketApp:
             headers=headers,
         )
         writer = asyncio.create_task(conn.run_writer())
+        outbox = conn.outbox
         max_size = settings.max_message_size
         try:
             await hub.start_session(session, principal)
@@ -149,7 +163,14 @@ class WebSocketApp:
                     ):
                         session.close(CloseCode.MESSAGE_TOO_BIG, "message too big", drain=False)
                         break
-                    await session.receive(text)
+                    if outbox.hold():  # the writer is idle: replies go out from this task
+                        try:
+                            await session.receive(text)
+                            await conn.send_held()
+                        finally:
+                            outbox.release()
+                    else:
+                        await session.receive(text)
                 elif kind == "websocket.disconnect":
                     conn.abort()
                     break

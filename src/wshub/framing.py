@@ -20,10 +20,16 @@ _pack_short = struct.Struct("!BBH").pack
 _pack_long = struct.Struct("!BBQ").pack
 
 
+#: The two header bytes of every final text frame shorter than 126 bytes (the common case).
+_TEXT_HEADERS = tuple(bytes((0x80 | OP_TEXT, n)) for n in range(126))
+
+
 def frame(payload: bytes, opcode: int = OP_TEXT) -> bytes:
     """Return one final, unmasked frame carrying ``payload``."""
-    first = 0x80 | opcode
     n = len(payload)
+    if n < 126 and opcode == OP_TEXT:
+        return _TEXT_HEADERS[n] + payload
+    first = 0x80 | opcode
     if n < 126:
         return bytes((first, n)) + payload
     if n < 65536:

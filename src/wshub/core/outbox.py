@@ -2,6 +2,10 @@
 
 Used by transports whose sends must be awaited (ASGI). Publishers only ever call :meth:`put`,
 which never waits; the writer takes everything queued in one :meth:`take` call.
+
+While the connection's own task handles a client message it may :meth:`hold` the outbox: the
+writer is not woken, and the replies go out from that task (:meth:`take_nowait`) when the
+handler is done, saving a task switch per reply; :meth:`release` hands the writer what is left.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ class Outbox:
     what to do then is the caller's overflow policy.
     """
 
-    __slots__ = ("_bytes", "_frames", "_waiter", "closed", "max_bytes", "max_frames")
+    __slots__ = ("_bytes", "_frames", "_held", "_waiter", "closed", "max_bytes", "max_frames")
 
     def __init__(self, *, max_bytes: int, max_frames: int) -> None:
         self.max_bytes = max_bytes
@@ -29,6 +33,7 @@ class Outbox:
         self._frames: deque[Frame] = deque()
         self._bytes = 0
         self._waiter: asyncio.Future[None] | None = None
+        self._held = False
         self.closed = False
 
     def __len__(self) -> int:
@@ -47,7 +52,7 @@ class Outbox:
         self._frames.append(frame)
         self._bytes += size
         waiter = self._waiter
-        if waiter is not None and not waiter.done():
+        if waiter is not None and not self._held and not waiter.done():
             waiter.set_result(None)
         return True
 
@@ -61,17 +66,17 @@ class Outbox:
         self._frames.extend(frames)
         self._bytes += size
         waiter = self._waiter
-        if waiter is not None and not waiter.done():
+        if waiter is not None and not self._held and not waiter.done():
             waiter.set_result(None)
         return True
 
     async def take(self) -> list[Frame]:
         """Wait until a frame is queued or the outbox is closed; return (and remove) all queued.
 
-        Returns an empty list only when the outbox is closed and empty.
+        Returns an empty list only when the outbox is closed and empty. Waits while held.
         """
-        while not self._frames:
-            if self.closed:
+        while self._held or not self._frames:
+            if self.closed and not self._held and not self._frames:
                 return []
             self._waiter = asyncio.get_running_loop().create_future()
             try:
@@ -82,6 +87,28 @@ class Outbox:
         self._frames.clear()
         self._bytes = 0
         return frames
+
+    def take_nowait(self) -> list[Frame]:
+        """Remove and return every queued frame (for the holder; the writer uses :meth:`take`)."""
+        frames = list(self._frames)
+        self._frames.clear()
+        self._bytes = 0
+        return frames
+
+    def hold(self) -> bool:
+        """Keep the writer asleep, if it is idle (waiting, nothing queued). Returns whether the
+        outbox is now held: the caller must then send what it takes, and :meth:`release`."""
+        if self._held or self._waiter is None or self._frames or self.closed:
+            return False
+        self._held = True
+        return True
+
+    def release(self) -> None:
+        """End a :meth:`hold`: the writer gets whatever the holder did not send."""
+        self._held = False
+        waiter = self._waiter
+        if waiter is not None and (self._frames or self.closed) and not waiter.done():
+            waiter.set_result(None)
 
     def close(self, *, drop: bool = False) -> None:
         """Stop accepting frames; wake the writer. With ``drop`` the queued frames are discarded."""

@@ -32,7 +32,9 @@ class TokenBucket:
     def take(self) -> bool:
         """Take one token; ``False`` when the bucket is empty (the message must be rejected)."""
         now = self._clock()
-        tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+        tokens = self._tokens + (now - self._last) * self.rate
+        if tokens > self.burst:
+            tokens = self.burst
         self._last = now
         if tokens >= 1.0:
             self._tokens = tokens - 1.0
