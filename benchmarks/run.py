@@ -42,6 +42,7 @@ from harness.report import (
     cell_text,
     md_cpu_table,
     md_table,
+    md_targets,
     render_markdown,
     summarize,
     visible,
@@ -63,6 +64,8 @@ from rich.table import Table
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
+#: Hand-written reading of the profile behind the numbers, appended to RESULTS.md by every run.
+ANALYSIS = HERE / "ANALYSIS.md"
 NOFILE_WANTED = 65536
 QUIET_WAIT = 20.0  # seconds at most to wait for quiet before measuring a disturbed run again
 
@@ -164,7 +167,7 @@ def plan(
         for rep in range(1, reps + 1)
         for sc in scenarios
         for srv in servers
-        if sc.store_heavy or not srv.only_store_heavy
+        if (sc.store_heavy or not srv.only_store_heavy) and (not srv.only or sc.key in srv.only)
     ]
 
 
@@ -364,6 +367,7 @@ def main() -> int:
     (out / "table.md").write_text(
         md_table(summary) + "\n\n" + md_cpu_table(summary, scenarios) + "\n"
     )
+    console.print(md_targets(records), markup=False, highlight=False)
     markdown = render_markdown(
         summary,
         scenarios=scenarios,
@@ -372,6 +376,8 @@ def main() -> int:
         skipped=skipped,
         elapsed_s=elapsed,
         generated=generated,
+        records=records,
+        analysis=ANALYSIS.read_text() if ANALYSIS.exists() else "",
     )
     (out / "RESULTS.md").write_text(markdown)
     (out / "summary.json").write_text(

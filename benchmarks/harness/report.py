@@ -5,10 +5,12 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .scenarios import Metric, Scenario
-from .servers import Server
+
+if TYPE_CHECKING:
+    from .servers import Server
 
 __all__ = [
     "DISTURBED",
@@ -18,6 +20,7 @@ __all__ = [
     "cell_text",
     "md_cpu_table",
     "md_table",
+    "md_targets",
     "render_markdown",
     "summarize",
     "visible",
@@ -203,6 +206,162 @@ def md_cpu_table(summary: Summary, scenarios: list[Scenario]) -> str:
     return "\n".join(rows)
 
 
+@dataclass(frozen=True)
+class Target:
+    """One target of the fast fan-out issue, checked against the run's records.
+
+    ``relative``: the median, over the repetitions, of ``a / b`` (``b / a`` when lower is
+    better) with both taken in the same repetition, compared with ``goal``. Otherwise ``a``'s
+    median value itself must be at most ``goal`` (an absolute ceiling)."""
+
+    text: str
+    field: str
+    a: tuple[str, str]  # (server, scenario)
+    b: tuple[str, str] | None
+    goal: float
+    higher_is_better: bool = True
+    unit: str = "x"
+
+
+TARGETS = (
+    Target(
+        "standalone fan-out at 1,000 subscribers >= 4x node ws",
+        "deliveries_per_s",
+        ("wshub", "fanout-1000"),
+        ("node-ws", "fanout-1000"),
+        4.0,
+    ),
+    Target(
+        "standalone fan-out at 1,000 subscribers >= 2.5x bare picows",
+        "deliveries_per_s",
+        ("wshub", "fanout-1000"),
+        ("picows", "fanout-1000"),
+        2.5,
+    ),
+    Target(
+        "ping-pong >= 1.2x node ws",
+        "round_trips_per_s",
+        ("wshub", "pingpong-100"),
+        ("node-ws", "pingpong-100"),
+        1.2,
+    ),
+    Target(
+        "p99 latency at 1,000 subscribers and 10 publications/s <= node ws",
+        "p99_ms",
+        ("wshub", "latency-1000"),
+        ("node-ws", "latency-1000"),
+        1.0,
+        higher_is_better=False,
+    ),
+    Target(
+        "idle memory <= 8 KiB per connection",
+        "rss_per_conn_kib",
+        ("wshub", "idle"),
+        None,
+        8.0,
+        higher_is_better=False,
+        unit=" KiB",
+    ),
+    Target(
+        "mounted, plain ASGI: fan-out 1,000 >= 1.3x the naive Starlette endpoint",
+        "deliveries_per_s",
+        ("wshub-asgi", "fanout-1000"),
+        ("starlette", "fanout-1000"),
+        1.3,
+    ),
+    Target(
+        "mounted, plain ASGI: fan-out 1,000 >= 5x python-socketio",
+        "deliveries_per_s",
+        ("wshub-asgi", "fanout-1000"),
+        ("socketio", "fanout-1000"),
+        5.0,
+    ),
+    Target(
+        "mounted fast path: fan-out 1,000 within 20% of the standalone server",
+        "deliveries_per_s",
+        ("wshub-mounted", "fanout-1000"),
+        ("wshub", "fanout-1000"),
+        0.8,
+    ),
+    Target(
+        "mounted fast path: ping-pong within 20% of the standalone server",
+        "round_trips_per_s",
+        ("wshub-mounted", "pingpong-100"),
+        ("wshub", "pingpong-100"),
+        0.8,
+    ),
+    Target(
+        "deliveries/s at 5,000 subscribers within 20% of the 1,000 figure",
+        "deliveries_per_s",
+        ("wshub", "fanout-5000"),
+        ("wshub", "fanout-1000"),
+        0.8,
+    ),
+)
+
+
+def _values(records: list[dict[str, Any]], field: str, who: tuple[str, str]) -> dict[int, float]:
+    """Per repetition: the value of ``field`` for (server, scenario), where the run succeeded."""
+    server, scenario = who
+    return {
+        int(r["rep"]): float(r[field])
+        for r in records
+        if r["server"] == server
+        and r["scenario"] == scenario
+        and r.get("ok")
+        and r.get(field) is not None
+        and float(r[field]) > 0
+    }
+
+
+def check_target(records: list[dict[str, Any]], t: Target) -> tuple[str, str] | None:
+    """``(measured, verdict)`` for one target, or None when the run did not measure it."""
+    a = _values(records, t.field, t.a)
+    if t.b is None:
+        if not a:
+            return None
+        value = statistics.median(a.values())
+        met = value <= t.goal if not t.higher_is_better else value >= t.goal
+        measured = f"{value:.1f}{t.unit} ({len(a)} rep(s))"
+        return measured, "met" if met else f"**missed by {abs(value / t.goal - 1) * 100:.0f}%**"
+    b = _values(records, t.field, t.b)
+    reps = sorted(a.keys() & b.keys())
+    if not reps:
+        return None
+    ratios = [a[r] / b[r] if t.higher_is_better else b[r] / a[r] for r in reps]
+    value = statistics.median(ratios)
+    spread = f", {min(ratios):.2f}-{max(ratios):.2f}" if len(ratios) > 1 else ""
+    measured = f"{value:.2f}x ({len(reps)} rep(s){spread})"
+    if value >= t.goal:
+        return measured, "met"
+    return measured, f"**missed by {(1 - value / t.goal) * 100:.0f}%**"
+
+
+def idle_held(records: list[dict[str, Any]], server: str = "wshub") -> str | None:
+    """The idle-connections target: every connection of every repetition held, none closed."""
+    runs = [r for r in records if r["server"] == server and r["scenario"] == "idle"]
+    if not runs:
+        return None
+    ok = all(r.get("ok") and not r.get("closed") and not r.get("errors") for r in runs)
+    conns = min(int(r.get("conns", 0)) for r in runs)
+    verdict = "met" if ok and conns >= 10_000 else "**not met**"
+    held = "held, none closed, no error" if ok else "failed, closed or errors in some repetition"
+    return f"| {conns:,} idle connections on one core held without errors | {held} | {verdict} |"
+
+
+def md_targets(records: list[dict[str, Any]]) -> str:
+    """The issue's targets, each with what this run measured and whether it is met."""
+    rows = ["| target | measured (median of per-repetition ratios, min-max) | |", "|---|---|---|"]
+    for t in TARGETS:
+        result = check_target(records, t)
+        if result is not None:
+            rows.append(f"| {t.text} | {result[0]} | {result[1]} |")
+    held = idle_held(records)
+    if held:
+        rows.append(held)
+    return "\n".join(rows) if len(rows) > 2 else ""
+
+
 def render_markdown(
     summary: Summary,
     *,
@@ -212,6 +371,8 @@ def render_markdown(
     skipped: dict[str, str],
     elapsed_s: float,
     generated: str,
+    records: list[dict[str, Any]] | None = None,
+    analysis: str = "",
 ) -> str:
     table = md_table(summary)
     cpu_table = md_cpu_table(summary, scenarios)
@@ -278,6 +439,18 @@ def render_markdown(
         "(git-ignored), next to the raw per-run records (`runs.jsonl`) and server logs.",
         "",
     ]
+    targets = md_targets(records or [])
+    if targets:
+        lines += [
+            "## Against the targets (issue: fast fan-out)",
+            "",
+            "Computed from this run's records by `harness/report.py` (`TARGETS`).",
+            "",
+            targets,
+            "",
+        ]
+    if analysis:
+        lines += [analysis.strip(), ""]
     return "\n".join(lines)
 
 

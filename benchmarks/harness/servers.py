@@ -84,6 +84,7 @@ class Server:
     wshub: bool = False  # publisher sends the JWT
     store: str | None = None  # None: memory / no store; sqlite; redis
     only_store_heavy: bool = False  # runs only the store-heavy scenario
+    only: tuple[str, ...] = ()  # runs only these scenarios (empty: every one)
     missing: Callable[[Session], str | None] = lambda s: None  # why it cannot run, or None
 
 
@@ -233,11 +234,11 @@ def _wshub_missing(store: str | None) -> Callable[[Session], str | None]:
 
 
 def _wshub_env(
-    store: str | None, transport: str = "native"
+    store: str | None,
 ) -> Callable[[Session, int, Path], dict[str, str]]:
     def env(s: Session, port: int, run_dir: Path) -> dict[str, str]:
         e = {
-            "WS_TRANSPORT": transport,
+            "WS_TRANSPORT": "native",
             "WS_HOST": "127.0.0.1",
             "WS_PORT": str(port),
             "WS_JWT_SECRET": s.jwt_secret,
@@ -257,15 +258,52 @@ def _wshub_env(
     return env
 
 
+ROOT = HERE.parent
+
+
+def _mounted(ws: str) -> Callable[[Session, int, Path], list[str]]:
+    """examples/starlette_app.py (the hub mounted in an existing Starlette app) under uvicorn,
+    configured as the naive Starlette peer is, with ``--ws`` set to ``ws``."""
+
+    def argv(s: Session, port: int, d: Path) -> list[str]:
+        return [
+            str(s.venv_bin / "python"),
+            "-m",
+            "uvicorn",
+            "examples.starlette_app:app",
+            "--app-dir",
+            str(ROOT),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--ws",
+            ws,
+            "--log-level",
+            "warning",
+            "--no-access-log",
+            "--backlog",
+            "4096",
+        ]
+
+    return argv
+
+
+#: What the mounted variants are measured on: the scenarios their targets name.
+MOUNTED_SCENARIOS = ("fanout-100", "fanout-1000", "fanout-5000", "pingpong-100")
+
+
 def build_servers() -> list[Server]:
-    def wshub(
-        key: str, label: str, store: str | None, only_store: bool, transport: str = "native"
-    ) -> Server:
+    def wshub(key: str, label: str, store: str | None, only_store: bool) -> Server:
         return Server(
             key=key,
             label=label,
             argv=lambda s, port, d: wshub_command(s),
-            env=_wshub_env(store, transport),
+            env=_wshub_env(store),
             wshub=True,
             store=store,
             only_store_heavy=only_store,
@@ -299,9 +337,27 @@ def build_servers() -> list[Server]:
             missing=_importable("socketio", "uvicorn"),
         ),
         wshub("wshub", "wshub (memory store)", None, False),
-        # The hub through plain ASGI under uvicorn, as when mounted in an app without the
-        # native transport (WS_TRANSPORT=asgi runs exactly that endpoint).
-        wshub("wshub-asgi", "wshub, plain ASGI endpoint (memory store)", None, False, "asgi"),
+        # The hub mounted in an existing app (examples/starlette_app.py) under uvicorn: through
+        # plain ASGI (uvicorn's own websockets-sansio, as the naive peer), and with the opt-in
+        # fast path (`--ws wshub.native:HubProtocol`).
+        Server(
+            key="wshub-asgi",
+            label="wshub mounted in a Starlette app, plain ASGI (ws=websockets-sansio)",
+            argv=_mounted("websockets-sansio"),
+            env=_wshub_env(None),
+            wshub=True,
+            only=MOUNTED_SCENARIOS,
+            missing=_wshub_missing(None),
+        ),
+        Server(
+            key="wshub-mounted",
+            label="wshub mounted in a Starlette app, fast path (ws=wshub.native:HubProtocol)",
+            argv=_mounted("wshub.native:HubProtocol"),
+            env=_wshub_env(None),
+            wshub=True,
+            only=MOUNTED_SCENARIOS,
+            missing=_wshub_missing(None),
+        ),
         wshub("wshub-sqlite", "wshub, history in SQLite", "sqlite", True),
         wshub("wshub-redis", "wshub, history in Redis", "redis", True),
     ]
