@@ -37,10 +37,10 @@ def create_store(url: str) -> Store:
 
         return MemoryStore()
     if url.startswith("sqlite://"):
-        from .stores.sqlite import SQLiteStore, path_from_url
+        from .stores.sqlite import SQLiteStore, path_from_url, synchronous_from_url
 
         try:
-            return SQLiteStore(path_from_url(url))
+            return SQLiteStore(path_from_url(url), synchronous=synchronous_from_url(url))
         except ValueError as exc:
             raise ConfigError(f"WS_STORE_URL: {exc}") from None
     if url.startswith(("redis://", "rediss://")):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import httpx
 import orjson
+import pytest
 import websockets
 
 from wshub.auth.jwt import issue_token
@@ -26,8 +27,11 @@ def _send(obj: object) -> str:
     return orjson.dumps(obj).decode()
 
 
-async def test_queued_messages_and_history_survive_kill_9(tmp_path: Path) -> None:
-    db = f"sqlite:///{tmp_path}/wshub.db"
+@pytest.mark.parametrize("query", ["", "?synchronous=normal"])
+async def test_queued_messages_and_history_survive_kill_9(tmp_path: Path, query: str) -> None:
+    """With synchronous=normal too: a killed process loses nothing committed (a power cut
+    could; that is what the option trades)."""
+    db = f"sqlite:///{tmp_path}/wshub.db{query}"
     server = ServerProcess(tmp_path, store_url=db)
     await server.start()
     headers = {"Authorization": f"Bearer {API_KEY}"}

@@ -8,7 +8,7 @@ import pytest
 
 from wshub.errors import BackendUnavailable
 from wshub.interfaces import Retention
-from wshub.stores.sqlite import SQLiteStore, path_from_url
+from wshub.stores.sqlite import SQLiteStore, path_from_url, synchronous_from_url
 
 KEEP = Retention(size=None, ttl=None)
 
@@ -29,6 +29,39 @@ def test_path_from_url(url: str, path: str) -> None:
 def test_bad_urls_are_refused(url: str) -> None:
     with pytest.raises(ValueError):
         path_from_url(url)
+
+
+@pytest.mark.parametrize(
+    ("url", "level"),
+    [
+        ("sqlite:///./wshub.db", "full"),
+        ("sqlite:///./wshub.db?synchronous=NORMAL", "normal"),
+        ("sqlite:///./wshub.db?synchronous=full", "full"),
+    ],
+)
+def test_synchronous_from_url(url: str, level: str) -> None:
+    assert synchronous_from_url(url) == level
+    assert path_from_url(url) == "./wshub.db"
+
+
+@pytest.mark.parametrize(
+    "url", ["sqlite:///x.db?synchronous=off", "sqlite:///x.db?sync=normal", "sqlite:///x.db?a"]
+)
+def test_unknown_sqlite_options_are_refused(url: str) -> None:
+    with pytest.raises(ValueError):
+        synchronous_from_url(url)
+
+
+@pytest.mark.parametrize(("level", "pragma"), [("full", 2), ("normal", 1)])
+async def test_the_synchronous_level_is_applied(tmp_path: Path, level: str, pragma: int) -> None:
+    store = SQLiteStore(tmp_path / "a.db", synchronous=level)
+    await store.start()
+    try:
+        assert await store._submit(lambda db: db.execute("PRAGMA synchronous").fetchone()[0]) == (
+            pragma
+        )
+    finally:
+        await store.close()
 
 
 async def test_everything_survives_a_reopen_with_the_same_epoch(tmp_path: Path) -> None:
