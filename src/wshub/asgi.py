@@ -49,7 +49,7 @@ class ASGIConnection:
         return self.outbox.put(frame)
 
     def send_batch(self, batch: FrameBatch) -> bool:
-        return self.outbox.put_all(batch.frames)
+        return self.outbox.put_all(batch.frames, batch.nbytes)
 
     def close(self, code: int = 1000, reason: str = "", *, drain: bool = True) -> None:
         if self._close is None:

@@ -139,11 +139,19 @@ class FrameBatch:
     turn instead of one per frame.
     """
 
-    __slots__ = ("_wire", "frames")
+    __slots__ = ("_nbytes", "_wire", "frames")
 
     def __init__(self, frames: list[Frame]) -> None:
         self.frames = frames
         self._wire: bytes | None = None
+        self._nbytes = -1
+
+    @property
+    def nbytes(self) -> int:
+        """The frames' JSON bytes together (what an outbox counts against its limit)."""
+        if self._nbytes < 0:
+            self._nbytes = sum(len(f.data) for f in self.frames)
+        return self._nbytes
 
     @property
     def wire(self) -> bytes:

@@ -56,11 +56,13 @@ class Outbox:
             waiter.set_result(None)
         return True
 
-    def put_all(self, frames: list[Frame]) -> bool:
-        """Queue every frame, or none of them when they do not all fit."""
+    def put_all(self, frames: list[Frame], size: int | None = None) -> bool:
+        """Queue every frame, or none of them when they do not all fit. ``size``: their bytes
+        together, when the caller knows it (a batch delivered to many outboxes counts once)."""
         if self.closed:
             return True
-        size = sum(len(f.data) for f in frames)
+        if size is None:
+            size = sum(len(f.data) for f in frames)
         if self._bytes + size > self.max_bytes or len(self._frames) + len(frames) > self.max_frames:
             return False
         self._frames.extend(frames)
