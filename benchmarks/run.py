@@ -92,6 +92,13 @@ def parse_args() -> argparse.Namespace:
         "(0: never; default 180, quick 0)",
     )
     p.add_argument("--list", action="store_true", help="list servers and scenarios, then exit")
+    p.add_argument(
+        "--report",
+        metavar="RUN_DIR",
+        type=Path,
+        help="measure nothing: write the report of an earlier run again from its runs.jsonl and "
+        "summary.json (after editing ANALYSIS.md, say); RESULTS.md too with --results-md 1",
+    )
     args = p.parse_args()
     if args.reps is None:
         args.reps = 1 if args.quick else 3
@@ -274,6 +281,8 @@ def main() -> int:
         if args.quick
         else Timing(warmup=1.0, duration=4.0, idle_conns=10_000, idle_hold=2.5)
     )
+    if args.report:
+        return rewrite_report(console, args)
     all_scenarios = build_scenarios(timing)
     all_servers = build_servers()
     if args.list:
@@ -351,9 +360,6 @@ def main() -> int:
     finally:
         shutil.rmtree(session.scratch, ignore_errors=True)
     elapsed = time.monotonic() - started
-
-    summary = summarize(records, servers, scenarios)
-    machine = describe_machine(PEERS)
     settings = {
         "reps": args.reps,
         "quick": args.quick,
@@ -362,7 +368,70 @@ def main() -> int:
         "server_core": args.server_core,
         "loadgen_core": args.loadgen_core,
     }
-    generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    full = not (args.quick or args.servers or args.scenarios)
+    write_report(
+        console,
+        out,
+        records,
+        servers,
+        scenarios,
+        settings=settings,
+        machine=describe_machine(PEERS),
+        skipped=skipped,
+        elapsed=elapsed,
+        results_md=args.results_md == "1" or (args.results_md == "auto" and full),
+    )
+    return 0 if all(r.get("ok") for r in records) else 1
+
+
+def rewrite_report(console: Console, args: argparse.Namespace) -> int:
+    """--report RUN_DIR: the report of an earlier run, from what it saved."""
+    out: Path = args.report.resolve()
+    records = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    saved = json.loads((out / "summary.json").read_text())
+    settings = saved["settings"]
+    timing = (
+        Timing(warmup=settings["warmup"], duration=settings["duration"], idle_conns=0, idle_hold=0)
+        if "warmup" in settings
+        else Timing(warmup=1.0, duration=4.0, idle_conns=10_000, idle_hold=2.5)
+    )
+    ran = {(r["scenario"], r["server"]) for r in records}
+    scenarios = [sc for sc in build_scenarios(timing) if any(sc.key == k for k, _ in ran)]
+    servers = [srv for srv in build_servers() if any(srv.key == k for _, k in ran)]
+    write_report(
+        console,
+        out,
+        records,
+        servers,
+        scenarios,
+        settings=settings,
+        machine=saved["machine"],
+        skipped=saved.get("skipped", {}),
+        elapsed=float(saved.get("elapsed_s", 0)),
+        results_md=args.results_md == "1",
+        generated=saved.get("generated"),
+    )
+    return 0
+
+
+def write_report(
+    console: Console,
+    out: Path,
+    records: list[dict[str, Any]],
+    servers: list[Server],
+    scenarios: list[Scenario],
+    *,
+    settings: dict[str, Any],
+    machine: dict[str, Any],
+    skipped: dict[str, str],
+    elapsed: float,
+    results_md: bool,
+    generated: str | None = None,
+) -> None:
+    """The table on the console; table.md, RESULTS.md, summary.json and chart.png in ``out``;
+    benchmarks/RESULTS.md too when ``results_md``."""
+    summary = summarize(records, servers, scenarios)
+    generated = generated or datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     show_table(console, summary)
     (out / "table.md").write_text(
         md_table(summary) + "\n\n" + md_cpu_table(summary, scenarios) + "\n"
@@ -387,6 +456,7 @@ def main() -> int:
                 "machine": machine,
                 "skipped": skipped,
                 "elapsed_s": elapsed,
+                "generated": generated,
                 "cells": {
                     f"{k[0]} / {k[1]}": {
                         "values": c.values,
@@ -406,24 +476,22 @@ def main() -> int:
         write_chart(
             summary,
             out / "chart.png",
-            f"wshub benchmarks, {generated}, median of {args.reps} rep(s); {machine['cpu']}",
+            f"wshub benchmarks, {generated}, median of {settings['reps']} rep(s); {machine['cpu']}",
         )
         console.print(f"chart: {(out / 'chart.png').relative_to(HERE)}")
     except Exception as exc:  # the numbers matter more than the picture
         console.print(f"[yellow]chart not written: {exc}")
-    full = not (args.quick or args.servers or args.scenarios)
-    if args.results_md == "1" or (args.results_md == "auto" and full):
+    if results_md:
         (HERE / "RESULTS.md").write_text(markdown)
         console.print("RESULTS.md updated")
     else:
         console.print(
-            f"RESULTS.md left as it is (quick or filtered run); this run's copy: "
+            f"RESULTS.md left as it is (quick, filtered or re-reported run); this run's copy: "
             f"{(out / 'RESULTS.md').relative_to(HERE)}"
         )
     for note_no, note in enumerate(summary.footnotes, 1):
         console.print(f"[{note_no}] {note}", markup=False, highlight=False)
     console.print(f"done in {elapsed / 60:.1f} min")
-    return 0 if all(r.get("ok") for r in records) else 1
 
 
 def show_table(console: Console, summary: Any) -> None:

@@ -252,6 +252,8 @@ def _wshub_env(
         }
         if store == "sqlite":
             e["WS_STORE_URL"] = f"sqlite:///{run_dir / 'bench.db'}"
+        elif store == "sqlite-normal":
+            e["WS_STORE_URL"] = f"sqlite:///{run_dir / 'bench.db'}?synchronous=normal"
         # redis: the URL of the throwaway redis-server is set by ServerProcess
         return e
 
@@ -359,5 +361,11 @@ def build_servers() -> list[Server]:
             missing=_wshub_missing(None),
         ),
         wshub("wshub-sqlite", "wshub, history in SQLite", "sqlite", True),
+        wshub(
+            "wshub-sqlite-normal",
+            "wshub, history in SQLite, synchronous=normal",
+            "sqlite-normal",
+            True,
+        ),
         wshub("wshub-redis", "wshub, history in Redis", "redis", True),
     ]
