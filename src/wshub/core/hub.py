@@ -36,7 +36,7 @@ from ..types import JSON, ConnectionId, JSONObject, Principal, StoredMessage, St
 from .fanout import LocalFanout, channel_key, message_envelope, user_key
 from .permissions import ChannelKind, channel_kind
 from .policy import ChannelPolicy
-from .recovery import is_recovered, replay_from
+from .recovery import read_gap
 from .router import Handler, Router
 from .sequencer import Sequencer
 from .session import Session
@@ -524,7 +524,7 @@ class Hub:
             session._auth_timer.cancel()
             session._auth_timer = None
         # Live messages from the moment the session is registered wait for the replay.
-        session._recovering[key] = []
+        session.hold_live(key)
         users = self._users.get(uid)
         if users is None:
             users = self._users[uid] = set()
@@ -534,7 +534,7 @@ class Hub:
             await self._topic_ready(key)
             await self.presence_registry.connect(uid, session.id)
         except BaseException:
-            session._recovering.pop(key, None)
+            session.release_live(key)
             raise
         await self._catch_up_user(session, uid, since, epoch, msg_id)
 
@@ -549,15 +549,17 @@ class Hub:
         """Reply ``authenticated`` and send the user's stream from the delivery cursor (or from
         ``since``), holding back live messages until the replay is out."""
         key = user_key(uid)
-        session._recovering.setdefault(key, [])
+        session.hold_live(key)
         try:
             start = since if since is not None else await self.store.cursor(key)
-            messages, pos, recovered = await self._read_gap(key, start, epoch, since is not None)
+            messages, pos, recovered = await read_gap(
+                self.store, key, start, epoch, resuming=since is not None
+            )
         except BaseException:
-            session._recovering.pop(key, None)
+            session.release_live(key)
             raise
         session.send("authenticated", self._auth_payload(session, pos, recovered), id=msg_id)
-        last = self._replay(session, key, pos, messages, with_offset)
+        last = session.replay(key, pos, messages, with_offset)
         self.sequencer.caught_up(key, max(pos.offset, last))
         if last:
             await self.store.advance_cursor(key, last)
@@ -574,10 +576,10 @@ class Hub:
         await self.policy.check_subscribe(session.principal, channel)
         key = channel_key(channel)
         already = channel in session.channels
-        session._recovering[key] = []
+        session.hold_live(key)
         if not already:
             if len(session.channels) >= self.settings.max_subscriptions:
-                session._recovering.pop(key, None)
+                session.release_live(key)
                 raise Forbidden(
                     f"Subscription limit reached ({self.settings.max_subscriptions} channels)"
                 )
@@ -597,9 +599,11 @@ class Hub:
             if since is None:
                 pos = await self.store.position(key)
             else:
-                messages, pos, recovered = await self._read_gap(key, since, epoch, True)
+                messages, pos, recovered = await read_gap(
+                    self.store, key, since, epoch, resuming=True
+                )
         except BaseException:
-            session._recovering.pop(key, None)
+            session.release_live(key)
             if not already:
                 self._leave_channel(session, channel)
             raise
@@ -608,7 +612,7 @@ class Hub:
             payload["recovered"] = recovered
         self.sequencer.caught_up(key, pos.offset)
         session.send("subscribed", payload, id=msg_id)
-        self._replay(session, key, pos, messages, message_envelope)
+        session.replay(key, pos, messages, message_envelope)
         if not already and channel_kind(channel) is ChannelKind.PRESENCE:
             await self._presence_join(channel, session)
 
@@ -626,39 +630,6 @@ class Hub:
 
     # -- internals -------------------------------------------------------------------------
 
-    async def _read_gap(
-        self, key: str, since: int, epoch: str | None, resuming: bool
-    ) -> tuple[Sequence[StoredMessage], StreamPosition, bool | None]:
-        messages, pos = await self.store.read(key, since)
-        if not resuming:
-            return messages, pos, None
-        recovered = is_recovered(since, epoch, pos, messages)
-        start = replay_from(since, epoch, pos)  # another epoch: everything kept
-        if start != since:
-            messages, pos = await self.store.read(key, start)
-        return messages, pos, recovered
-
-    def _replay(
-        self,
-        session: Session,
-        key: str,
-        pos: StreamPosition,
-        messages: Sequence[StoredMessage],
-        envelope: Callable[[bytes, int], bytes],
-    ) -> int:
-        """Send stored ``messages``, then the live frames that arrived meanwhile and are newer
-        than ``pos``; end the catch-up. Returns the last offset sent (0 if none)."""
-        last = 0
-        for m in messages:
-            session.send_frame(Frame(envelope(m.data, m.offset)))
-            last = m.offset
-        for offset, frame in session._recovering.pop(key, ()):
-            if offset > pos.offset and offset > last:
-                session.send_frame(frame)
-                last = offset
-        session._floors[key] = max(pos.offset, last)
-        return last
-
     def _channel_event(self, channel: str, type_: str, payload: JSONObject) -> None:
         """An ephemeral frame (no offset, not stored) to every subscriber of ``channel``."""
         frame = Frame(encode(type_, payload))
@@ -669,8 +640,7 @@ class Hub:
     def _leave_channel(self, session: Session, channel: str) -> None:
         self.local.flush_channel(channel)
         session.channels.discard(channel)
-        session._recovering.pop(channel_key(channel), None)
-        session._floors.pop(channel_key(channel), None)
+        session.forget_stream(channel_key(channel))
         subscribers = self._channels.get(channel)
         if subscribers is not None:
             subscribers.discard(session)

@@ -1,12 +1,17 @@
-"""Closing the gap between what a client saw and what a stream holds. Pure functions."""
+"""Closing the gap between what a client saw and what a stream holds: the rules (pure
+functions) and the store read that applies them."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from ..types import StoredMessage, StreamPosition
 
-__all__ = ["is_recovered", "replay_from"]
+if TYPE_CHECKING:
+    from ..interfaces import Store
+
+__all__ = ["is_recovered", "read_gap", "replay_from"]
 
 
 def replay_from(since: int, client_epoch: str | None, position: StreamPosition) -> int:
@@ -34,3 +39,19 @@ def is_recovered(
     if since == position.offset:
         return True
     return bool(messages) and messages[0].offset == since + 1
+
+
+async def read_gap(
+    store: Store, key: str, since: int, epoch: str | None, *, resuming: bool
+) -> tuple[Sequence[StoredMessage], StreamPosition, bool | None]:
+    """What to replay of stream ``key`` for a client at ``since`` (in ``epoch``): the messages,
+    the stream's position, and whether they close the gap (None when not ``resuming``: a
+    delivery cursor, not a client's position). Another epoch replays everything kept."""
+    messages, pos = await store.read(key, since)
+    if not resuming:
+        return messages, pos, None
+    recovered = is_recovered(since, epoch, pos, messages)
+    start = replay_from(since, epoch, pos)
+    if start != since:
+        messages, pos = await store.read(key, start)
+    return messages, pos, recovered

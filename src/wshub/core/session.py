@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Coroutine, MutableMapping
+from collections.abc import Callable, Coroutine, MutableMapping, Sequence
 from time import time_ns
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +15,14 @@ from ..errors import (
     UnknownType,
 )
 from ..protocol import CloseCode, ErrorCode, Frame, decode, encode
-from ..types import ConnectionId, JSONObject, Principal, UserId
+from ..types import (
+    ConnectionId,
+    JSONObject,
+    Principal,
+    StoredMessage,
+    StreamPosition,
+    UserId,
+)
 from .ratelimit import TokenBucket
 
 if TYPE_CHECKING:
@@ -232,6 +239,42 @@ class Session:
             self.send_error(ErrorCode.INTERNAL_ERROR, "Internal server error", id=ctx.id)
         finally:
             hub.stats.observe_handler(time.perf_counter() - started)
+
+    # -- catching up a stream ------------------------------------------------------------------
+
+    def hold_live(self, key: str) -> None:
+        """From now on, live frames of stream ``key`` wait (with their offsets) for
+        :meth:`replay`: a catch-up is starting."""
+        self._recovering.setdefault(key, [])
+
+    def release_live(self, key: str) -> None:
+        """The catch-up of ``key`` failed: drop what was held."""
+        self._recovering.pop(key, None)
+
+    def replay(
+        self,
+        key: str,
+        pos: StreamPosition,
+        messages: Sequence[StoredMessage],
+        envelope: Callable[[bytes, int], bytes],
+    ) -> int:
+        """Send stored ``messages``, then the live frames held meanwhile that are newer than
+        ``pos``; end the catch-up. Returns the last offset sent (0 if none)."""
+        last = 0
+        for m in messages:
+            self.send_frame(Frame(envelope(m.data, m.offset)))
+            last = m.offset
+        for offset, frame in self._recovering.pop(key, ()):
+            if offset > pos.offset and offset > last:
+                self.send_frame(frame)
+                last = offset
+        self._floors[key] = max(pos.offset, last)
+        return last
+
+    def forget_stream(self, key: str) -> None:
+        """No longer following ``key`` (unsubscribed): drop its catch-up state and floor."""
+        self._recovering.pop(key, None)
+        self._floors.pop(key, None)
 
     def auth_failed(self) -> None:
         """Count a failed ``authenticate``; past ``WS_MAX_AUTH_ATTEMPTS`` the connection closes."""
