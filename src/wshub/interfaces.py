@@ -139,9 +139,14 @@ class Presence(Protocol):
     - ``join`` returns True when the connection is the user's first in the channel, cluster-wide;
       ``leave`` returns True when it was the user's last one.
     - ``close`` removes every entry of this node.
+    - Members who vanish with a dead node (no ``leave`` was called) are reported once,
+      cluster-wide, to one node's ``on_departed(channel, user_id)``, so that node can tell the
+      channel's subscribers.
     """
 
-    async def start(self, node_id: str) -> None: ...
+    async def start(
+        self, node_id: str, on_departed: Callable[[str, str], None] | None = None
+    ) -> None: ...
 
     async def close(self) -> None: ...
 

@@ -152,6 +152,9 @@ async def test_a_killed_node_disappears_and_the_others_keep_serving(
         await alice.expect("presence_join")
         assert (await a.api.get("/api/users/erin")).json()["online"] is True
         await b.kill9()
+        # the node that notices b is dead tells the channel, once
+        left = await alice.expect("presence_leave", timeout=NODE_TTL + 5)
+        assert payload(left) == {"channel": "presence-room", "userId": "erin"}
 
         async def erin_is_gone() -> bool:
             status = (await a.api.get("/api/users/erin")).json()

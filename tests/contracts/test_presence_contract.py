@@ -1,7 +1,8 @@
 """The Presence contract (wshub.interfaces.Presence): two or more nodes of one cluster, against
 every implementation (memory presences sharing a MemoryPresenceState; Redis presences on a
 throwaway redis-server). Then, Redis only: a node that dies in another process vanishes after
-``node_ttl`` (there is no event for that: a bounded poll), and presence heals after data loss."""
+``node_ttl`` (a bounded poll) and its channel members are reported gone once, and presence heals
+after data loss."""
 
 from __future__ import annotations
 
@@ -134,6 +135,9 @@ async def main():
     await presence.start("doomed")
     await presence.connect("zoe", "doomed-1")
     await presence.join("presence-room", "zoe", "doomed-1")
+    await presence.join("presence-hall", "zoe", "doomed-1")
+    await presence.connect("yan", "doomed-2")
+    await presence.join("presence-hall", "yan", "doomed-2")
     print("ready", flush=True)
     await asyncio.Event().wait()
 
@@ -145,9 +149,13 @@ async def test_a_node_killed_with_sigkill_vanishes_after_node_ttl(
     redis_server: RedisServer, redis_url: str
 ) -> None:
     ttl = 1.0
+    departed: list[tuple[str, str, str]] = []  # (reporting node, channel, user)
     survivor = RedisPresence(redis_url, node_ttl=ttl)
-    await survivor.start("survivor")
+    await survivor.start("survivor", lambda ch, uid: departed.append(("survivor", ch, uid)))
     await survivor.connect("zoe", "survivor-1")
+    await survivor.join("presence-hall", "zoe", "survivor-1")  # zoe stays in the hall
+    other = RedisPresence(redis_url, node_ttl=ttl)
+    await other.start("other", lambda ch, uid: departed.append(("other", ch, uid)))
     doomed = await asyncio.create_subprocess_exec(
         sys.executable, "-c", _DOOMED_NODE, redis_url, str(ttl), stdout=subprocess.PIPE
     )
@@ -156,6 +164,7 @@ async def test_a_node_killed_with_sigkill_vanishes_after_node_ttl(
         assert await asyncio.wait_for(doomed.stdout.readline(), 20) == b"ready\n"
         assert await survivor.connections("zoe") == 2
         assert await survivor.members("presence-room") == ["zoe"]
+        assert sorted(await survivor.members("presence-hall")) == ["yan", "zoe"]
         doomed.kill()
         await doomed.wait()
 
@@ -174,11 +183,27 @@ async def test_a_node_killed_with_sigkill_vanishes_after_node_ttl(
             return await asyncio.to_thread(leftovers) == []
 
         await eventually(cleaned, ttl + 3, "a live node's heartbeat removes the dead node's keys")
+
+        # Who left with the dead node is reported once, cluster-wide, by the node that swept it:
+        # zoe left the room (her last connection there) but not the hall; yan left the hall.
+        async def reported() -> bool:
+            return len(departed) >= 2
+
+        await eventually(reported, ttl + 3, "the departures are reported")
+        # absence has no event: long enough for another heartbeat of each node (every ttl / 3)
+        await asyncio.sleep(ttl / 2)
+        assert len({node for node, _, _ in departed}) == 1
+        assert sorted((ch, uid) for _, ch, uid in departed) == [
+            ("presence-hall", "yan"),
+            ("presence-room", "zoe"),
+        ]
+        assert await survivor.members("presence-hall") == ["zoe"]
     finally:
         if doomed.returncode is None:
             doomed.kill()
             await doomed.wait()
         await survivor.close()
+        await other.close()
 
 
 async def test_presence_heals_after_redis_lost_its_data(

@@ -152,7 +152,7 @@ class Hub:
         if self._started:
             return
         await self.store.start()
-        await self.presence_registry.start(self.node_id)
+        await self.presence_registry.start(self.node_id, self._presence_departed)
         await self.broker.start(self._on_broker_message)
         await self.broker.subscribe(BROADCAST_TOPIC)
         self._started = True
@@ -659,6 +659,11 @@ class Hub:
     async def _presence_leave(self, channel: str, uid: UserId, conn_id: str) -> None:
         if await self.presence_registry.leave(channel, uid, conn_id):
             self._channel_event(channel, "presence_leave", {"channel": channel, "userId": uid})
+
+    def _presence_departed(self, channel: str, user_id: str) -> None:
+        """A member's last connection in ``channel`` went with a dead node (reported once,
+        cluster-wide, to the node whose heartbeat removed it)."""
+        self._channel_event(channel, "presence_leave", {"channel": channel, "userId": user_id})
 
     def _auth_payload(
         self, session: Session, pos: StreamPosition, recovered: bool | None

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 __all__ = ["MemoryPresence", "MemoryPresenceState"]
 
 
@@ -22,7 +24,10 @@ class MemoryPresence:
         self._state = state or MemoryPresenceState()
         self._node = ""
 
-    async def start(self, node_id: str) -> None:
+    async def start(
+        self, node_id: str, on_departed: Callable[[str, str], None] | None = None
+    ) -> None:
+        """``on_departed`` is never called: in one process, no node dies alone."""
         self._node = node_id
         self._state.nodes.append(node_id)
 

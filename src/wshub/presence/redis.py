@@ -12,22 +12,25 @@ reads the node heartbeats and writes the entries it needs atomically:
 - ``{p:presence}:node:<node>``, a set: every entry the node wrote, so that a node's entries can
   be removed together. An entry is a JSON array ``[key, connection, channel key, user]``.
 
-A node whose heartbeat is older than ``node_ttl`` is dead: reads ignore its entries and delete the
-ones they meet, and the next heartbeat of any node removes all of them and the node itself. Nobody
-has to clean up after a ``kill -9``.
+A node whose heartbeat is older than ``node_ttl`` is dead: reads ignore its entries (and delete
+the connection entries they meet), and the next heartbeat of any node removes all of them and the
+node itself. Nobody has to clean up after a ``kill -9``. That heartbeat also returns the
+(channel, user) pairs whose last connection went with the dead node, and only that node reports
+them (``on_departed``), so the channel hears one ``presence_leave`` per user, cluster-wide. Reads
+therefore never remove a user from a channel's member hash; only a ``leave`` or that sweep does.
 
 Each node also keeps its own entries in memory. When its heartbeat finds that the cluster gave it
 up (it was cut off for longer than ``node_ttl``, or Redis lost its data) or a write failed while
 Redis was unreachable, it writes its entries again, replacing what Redis held for it: presence
 heals itself after an outage. No ``presence_join`` / ``presence_leave`` events are sent for what
-changes that way (nor for the users of a node that died).
+changes that way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
@@ -80,27 +83,34 @@ local function add(entry, node, index)
   if e[3] ~= '' then redis.call('HSET', e[3], e[4], e[1]) end
   redis.call('SADD', index, entry)
 end
-local function remove_node(index)
+-- removes a node's entries; with `departed`, appends channel key, user for every user whose
+-- last live connection in a channel this removed
+local function remove_node(index, departed)
   for _, entry in ipairs(redis.call('SMEMBERS', index)) do
     local e = cjson.decode(entry)
     redis.call('HDEL', e[1], e[2])
-    if e[3] ~= '' and redis.call('EXISTS', e[1]) == 0 then redis.call('HDEL', e[3], e[4]) end
+    if e[3] ~= '' and live(e[1]) == 0 and redis.call('HDEL', e[3], e[4]) == 1 and departed then
+      departed[#departed + 1] = e[3]
+      departed[#departed + 1] = e[4]
+    end
   end
   redis.call('DEL', index)
 end
 """
 
-# ARGV[2] = node, [3] = prefix of node index keys. Returns 1 when the node was alive before.
+# ARGV[2] = node, [3] = prefix of node index keys. Returns {1 when the node was alive before,
+# {channel key, user, ...} of the members that left with the dead nodes removed now}.
 _HEARTBEAT = (
     _PRELUDE
     + """
 local was_alive = alive(ARGV[2])
 redis.call('ZADD', nodes, now, ARGV[2])
+local departed = {}
 for _, dead in ipairs(redis.call('ZRANGEBYSCORE', nodes, '-inf', '(' .. cutoff)) do
-  remove_node(ARGV[3] .. dead)
+  remove_node(ARGV[3] .. dead, departed)
   redis.call('ZREM', nodes, dead)
 end
-return was_alive and 1 or 0
+return {was_alive and 1 or 0, departed}
 """
 )
 
@@ -162,11 +172,7 @@ _MEMBERS = (
 local out = {}
 local members = redis.call('HGETALL', KEYS[2])
 for i = 1, #members, 2 do
-  if live(members[i + 1]) > 0 then
-    out[#out + 1] = members[i]
-  else
-    redis.call('HDEL', KEYS[2], members[i])
-  end
+  if live(members[i + 1]) > 0 then out[#out + 1] = members[i] end
 end
 return out
 """
@@ -225,6 +231,7 @@ class RedisPresence:
         self._entries: dict[bytes, None] = {}
         self._dirty = False  # a write may have failed: Redis may not match _entries
         self._beating: asyncio.Task[None] | None = None
+        self._on_departed: Callable[[str, str], None] | None = None
 
     # -- keys ----------------------------------------------------------------------------------
 
@@ -246,12 +253,15 @@ class RedisPresence:
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    async def start(self, node_id: str) -> None:
+    async def start(
+        self, node_id: str, on_departed: Callable[[str, str], None] | None = None
+    ) -> None:
         """Register the node (its first heartbeat); BackendUnavailable if Redis can't be
-        reached now."""
+        reached now. ``on_departed(channel, user_id)``: a member left with a dead node."""
         if self._client is not None:
             return
         self.node_id = node_id
+        self._on_departed = on_departed
         client = connect_redis(self.url, timeout=self._timeout, name="wshub-presence")
         self._client = client
         self._batcher = Batcher(client, self.where)
@@ -350,7 +360,8 @@ class RedisPresence:
     async def _beat(self, *, first: bool = False) -> None:
         """One heartbeat; rewrites this node's entries when the cluster gave the node up or a
         write may have been lost."""
-        alive = await self._run("heartbeat", [], [self.node_id, self._base + "node:"])
+        alive, departed = await self._run("heartbeat", [], [self.node_id, self._base + "node:"])
+        self._report_departed(departed)
         if alive and not self._dirty:
             return
         if not alive and not first:
@@ -359,6 +370,17 @@ class RedisPresence:
         # Commands reach Redis in submission order (Batcher), so this snapshot of the entries
         # lands before every change made after it, and after every change made before it.
         await self._run("resync", [self._index(self.node_id)], [self.node_id, *self._entries])
+
+    def _report_departed(self, departed: list[bytes]) -> None:
+        if not departed or self._on_departed is None:
+            return
+        prefix = len(self._base) + len("chan:")
+        for i in range(0, len(departed) - 1, 2):
+            channel, user = departed[i][prefix:].decode(), departed[i + 1].decode()
+            try:
+                self._on_departed(channel, user)
+            except Exception:
+                logger.exception("%s: on_departed failed", self.where)
 
     async def _beat_forever(self) -> None:
         interval = self.node_ttl / 3
