@@ -8,6 +8,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import (
     FileResponse,
@@ -16,6 +17,7 @@ from fastapi.responses import (
     PlainTextResponse,
     Response,
 )
+from starlette.exceptions import HTTPException
 from starlette.routing import WebSocketRoute
 
 from ..asgi import WebSocketApp
@@ -58,6 +60,15 @@ def create_app(settings: Settings | None = None, *, hub: Hub | None = None) -> F
         # into a 500 while it is being encoded.
         body = json.dumps({"detail": jsonable_encoder(exc.errors())}, ensure_ascii=True)
         return Response(body, status_code=422, media_type="application/json")
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        # FastAPI answers a body it cannot even decode (not UTF-8) with 400; the protocol and
+        # the OpenAPI document say 422 for every invalid body.
+        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+            detail = [{"loc": ["body"], "msg": "Body must be UTF-8 JSON", "type": "json_invalid"}]
+            return JSONResponse({"detail": detail}, status_code=422)
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(BackendUnavailable)
     async def backend_unavailable(request: Request, exc: BackendUnavailable) -> JSONResponse:
