@@ -12,7 +12,9 @@
  * Speaks wshub protocol v1 (docs/protocol.md). After an unexpected close the client reconnects
  * with exponential backoff and full jitter, authenticates again and re-subscribes with `since`
  * and `epoch`, so every channel and the user's own stream continue where they stopped: each
- * message reaches the application once, in order (duplicates at the seam are dropped). See
+ * message reaches the application once, in order (duplicates at the seam are dropped). While
+ * open, an application-level heartbeat (`ping` after a silence, see `heartbeat`) finds connections
+ * that died without a close (sleep, Wi-Fi loss, a proxy dropping them) and reconnects. See
  * docs/browser.md for the whole API.
  */
 
@@ -27,6 +29,41 @@ export const DEFAULT_RECONNECT = Object.freeze({
   maxDelay: 30000,
   maxAttempts: Infinity,
 });
+
+// setTimeout fires at once for delays above 2 ** 31 - 1 ms (about 24.8 days).
+const MAX_TIMER_DELAY = 2 ** 31 - 1;
+
+/** The server's heartbeat interval when its `welcome` does not say (the protocol's default). */
+export const DEFAULT_HEARTBEAT_INTERVAL = 30000;
+
+/** The shortest timeout derived for a heartbeat ping: one round trip on a slow mobile link. */
+export const MIN_HEARTBEAT_TIMEOUT = 2000;
+
+/** The close code the client uses (and reports in `close`/`reconnecting`, reason
+ * "heartbeat timeout") when a heartbeat ping went unanswered: 4000 is in the range RFC 6455
+ * leaves to applications, and `shouldReconnect(4000)` is true. */
+export const HEARTBEAT_CLOSE_CODE = 4000;
+
+/**
+ * The heartbeat's timing, `{interval, timeout}` in ms, for the `heartbeat` option (false: none;
+ * throws RangeError for nonsense) with a server whose `welcome` said `heartbeatInterval`.
+ * `interval` defaults to the server's heartbeat interval: the server pings at that pace itself,
+ * so a client pinging no faster adds little traffic, and both ends notice a dead connection in
+ * similar time. `timeout` defaults to half the interval, at least MIN_HEARTBEAT_TIMEOUT: the
+ * server answers `ping` at once, so this only has to cover a round trip. A connection that died
+ * is found at most `interval + timeout` after its last frame (45 s with the default 30 s).
+ */
+export function heartbeatTiming(option = true, heartbeatInterval = DEFAULT_HEARTBEAT_INTERVAL) {
+  const given = normalizeHeartbeat(option);
+  if (given === false) return false;
+  const server =
+    Number.isFinite(heartbeatInterval) && heartbeatInterval > 0
+      ? Math.min(heartbeatInterval, MAX_TIMER_DELAY)
+      : DEFAULT_HEARTBEAT_INTERVAL;
+  const interval = given.interval ?? server;
+  const timeout = given.timeout ?? Math.max(interval / 2, MIN_HEARTBEAT_TIMEOUT);
+  return { interval, timeout };
+}
 
 /**
  * Milliseconds to wait before reconnect attempt `attempt` (0 for the first retry): uniformly
@@ -155,6 +192,24 @@ function normalizeReconnect(option) {
   return policy;
 }
 
+function normalizeHeartbeat(option) {
+  if (option === false || option === null) return false;
+  if (option === true || option === undefined) return {};
+  const valid = (value) =>
+    value === undefined ||
+    value === null ||
+    (typeof value === "number" && value > 0 && value <= MAX_TIMER_DELAY);
+  if (!isObject(option) || !valid(option.interval) || !valid(option.timeout)) {
+    throw new RangeError(
+      "heartbeat needs false, or {interval, timeout} in ms: numbers > 0 and <= 2 ** 31 - 1",
+    );
+  }
+  const policy = {};
+  if (option.interval != null) policy.interval = option.interval;
+  if (option.timeout != null) policy.timeout = option.timeout;
+  return policy;
+}
+
 function report(error) {
   // An exception in an application callback must not break the client: report it like an
   // uncaught error in an event listener.
@@ -174,7 +229,8 @@ const isObject = (value) => value !== null && typeof value === "object" && !Arra
  *   `closed`
  * - `open` {welcome, reconnected}: welcomed, authenticated and re-subscribed; requests flow
  * - `close` {code, reason, wasClean, willReconnect}: a connection ended
- * - `reconnecting` {attempt, delay, code, reason}: the next attempt starts in `delay` ms
+ * - `reconnecting` {attempt, delay, code, reason}: the next attempt starts in `delay` ms; after a
+ *   heartbeat ping went unanswered, code is HEARTBEAT_CLOSE_CODE and reason "heartbeat timeout"
  * - `frame` {direction: "in" | "out", text, message, duplicate}: every text frame, raw
  * - `gap` {stream, name, since, sinceEpoch, offset, epoch}: a resume could not close a gap
  * - `error` {error}: a failure no promise reports (re-authentication or re-subscribe refused)
@@ -186,6 +242,7 @@ export class WshubClient extends EventTarget {
   #reconnect;
   #requestTimeout;
   #openTimeout;
+  #heartbeat; // false, or {interval?, timeout?} as given (missing ones derived from `welcome`)
   #WebSocket;
 
   #ws = null;
@@ -199,6 +256,14 @@ export class WshubClient extends EventTarget {
   #reconnectTimer = null;
   #openTimer = null;
   #lastClose = null;
+
+  // Heartbeat: a ping after `interval` ms without a frame; dead after `timeout` more without one.
+  #heartbeatTiming = null; // {interval, timeout} while it watches a socket
+  #heartbeatTimer = null;
+  #heartbeatWaiting = false; // a heartbeat ping is out and nothing has arrived since
+  #heartbeatPings = 0;
+  #heartbeatPrefix; // ids of the heartbeat's pings: their replies never reach the application
+  #lastReceived = 0; // performance.now() of the current socket's last frame (or its opening)
 
   #ids = 0;
   #idPrefix = Math.random().toString(16).slice(2, 8);
@@ -227,6 +292,10 @@ export class WshubClient extends EventTarget {
    * @param {number} [options.requestTimeout] ms a request may take, waiting for a reconnection
    *   included (default 10000).
    * @param {number} [options.openTimeout] ms from opening the socket to being ready (10000).
+   * @param {{interval?: number, timeout?: number}|boolean} [options.heartbeat] ms: while open,
+   *   send `ping` after `interval` ms without any frame from the server, and reconnect when
+   *   nothing arrives within `timeout` ms after it. Defaults: interval = the server's
+   *   `heartbeatInterval` (welcome), timeout = half the interval, at least 2000. `false`: none.
    * @param {{offset: number, epoch: string}} [options.userPosition] resume the user stream from
    *   here (e.g. saved by a previous page's `client.userPosition`).
    * @param {typeof WebSocket} [options.WebSocket] the WebSocket class (tests, other runtimes).
@@ -239,6 +308,7 @@ export class WshubClient extends EventTarget {
       reconnect = true,
       requestTimeout = 10000,
       openTimeout = 10000,
+      heartbeat = true,
       userPosition = null,
       WebSocket: WebSocketClass = globalThis.WebSocket,
     } = options;
@@ -248,6 +318,8 @@ export class WshubClient extends EventTarget {
     this.#reconnect = normalizeReconnect(reconnect);
     this.#requestTimeout = requestTimeout;
     this.#openTimeout = openTimeout;
+    this.#heartbeat = normalizeHeartbeat(heartbeat);
+    this.#heartbeatPrefix = `${this.#idPrefix}-hb-`;
     this.#WebSocket = WebSocketClass;
     this.#user = userPosition
       ? new StreamState(userPosition.offset, userPosition.epoch ?? null)
@@ -323,6 +395,12 @@ export class WshubClient extends EventTarget {
     }
   }
 
+  /** The heartbeat in use, {interval, timeout} in ms, or false. Values not given as options are
+   * derived from the last `welcome` (before the first: from the protocol's default, 30000). */
+  get heartbeat() {
+    return heartbeatTiming(this.#heartbeat, this.#welcome?.heartbeatInterval);
+  }
+
   // -- lifecycle -------------------------------------------------------------------------------
 
   /**
@@ -353,6 +431,7 @@ export class WshubClient extends EventTarget {
    */
   close(code = 1000, reason = "") {
     this.#closing = true;
+    this.#stopHeartbeat();
     clearTimeout(this.#reconnectTimer);
     this.#reconnectTimer = null;
     const ws = this.#ws;
@@ -512,8 +591,14 @@ export class WshubClient extends EventTarget {
     }
     this.#ws = ws;
     this.#welcomed = this.#sendable = this.#ready = false;
+    this.#stopHeartbeat();
+    this.#lastReceived = performance.now();
     ws.onmessage = (event) => {
-      if (this.#ws === ws) this.#receive(event.data);
+      if (this.#ws !== ws) return;
+      // Any frame shows the connection alive: the heartbeat pings only a silent one.
+      this.#lastReceived = performance.now();
+      if (this.#heartbeatWaiting) this.#heartbeatAnswered(ws);
+      this.#receive(event.data);
     };
     ws.onclose = (event) => {
       if (this.#ws === ws) this.#onClose(event.code, event.reason, event.wasClean);
@@ -555,6 +640,7 @@ export class WshubClient extends EventTarget {
     clearTimeout(this.#openTimer);
     this.#ready = true;
     this.#attempt = 0;
+    this.#startHeartbeat(ws);
     this.#setState("open");
     this.#emit("open", { welcome: this.#welcome, reconnected: this.#everOpened });
     this.#everOpened = true;
@@ -596,6 +682,7 @@ export class WshubClient extends EventTarget {
 
   #onClose(code, reason, wasClean) {
     clearTimeout(this.#openTimer);
+    this.#stopHeartbeat();
     const ws = this.#ws;
     if (ws !== null) {
       ws.onmessage = ws.onclose = null;
@@ -635,6 +722,7 @@ export class WshubClient extends EventTarget {
 
   /** The client is closed for good (until connect() again): fail everyone still waiting. */
   #finish(error) {
+    this.#stopHeartbeat();
     this.#closing = false;
     this.#setState("closed");
     this.#connected?.reject(error);
@@ -687,6 +775,76 @@ export class WshubClient extends EventTarget {
     if (sub.state.joined(offset, epoch, sub.recovered, since, sinceEpoch)) {
       this.#emit("gap", { stream: "channel", name: sub.channel, since, sinceEpoch, offset, epoch });
     }
+  }
+
+  // -- internals: heartbeat ------------------------------------------------------------------
+
+  /** Watch the socket `ws`, ready now, until it closes. */
+  #startHeartbeat(ws) {
+    this.#stopHeartbeat();
+    const timing = this.heartbeat;
+    if (timing === false) return;
+    this.#heartbeatTiming = timing;
+    this.#heartbeatAfter(ws, timing.interval - (performance.now() - this.#lastReceived));
+  }
+
+  #stopHeartbeat() {
+    if (this.#heartbeatTimer !== null) {
+      clearTimeout(this.#heartbeatTimer);
+      this.#heartbeatTimer = null;
+    }
+    this.#heartbeatTiming = null;
+    this.#heartbeatWaiting = false;
+  }
+
+  #heartbeatAfter(ws, delay) {
+    clearTimeout(this.#heartbeatTimer);
+    this.#heartbeatTimer = setTimeout(() => this.#heartbeatTick(ws), Math.max(0, delay));
+  }
+
+  /** The first frame after a heartbeat ping: silence is counted from now again. Frames while no
+   * ping is out never touch the timer (a busy connection costs nothing): when it fires, it looks
+   * at the time of the last frame and waits the rest of the interval if need be. */
+  #heartbeatAnswered(ws) {
+    this.#heartbeatWaiting = false;
+    this.#heartbeatAfter(ws, this.#heartbeatTiming.interval);
+  }
+
+  #heartbeatTick(ws) {
+    this.#heartbeatTimer = null;
+    const timing = this.#heartbeatTiming;
+    if (this.#ws !== ws || !this.#ready || timing === null) return;
+    if (this.#heartbeatWaiting) {
+      this.#heartbeatExpired(ws);
+      return;
+    }
+    const silence = performance.now() - this.#lastReceived;
+    if (silence < timing.interval) {
+      this.#heartbeatAfter(ws, timing.interval - silence);
+      return;
+    }
+    // Not through #request: no pending entry that a drop would reject, no timeout error; the
+    // reply is recognised by its id and dropped in #handle, late ones included.
+    this.#heartbeatPings += 1;
+    const message = { type: "ping", id: `${this.#heartbeatPrefix}${this.#heartbeatPings}` };
+    this.#heartbeatWaiting = true;
+    // Armed before sending: a `frame` listener may close() the client, which must disarm it.
+    this.#heartbeatAfter(ws, timing.timeout);
+    this.#sendText(JSON.stringify(message), message);
+  }
+
+  /** Nothing came within `timeout` after a ping: the connection is dead (or as good as). Give
+   * up on the socket at once, as after an open timeout: a closing handshake through a dead
+   * connection would only end with the browser's own timeout. */
+  #heartbeatExpired(ws) {
+    this.#ws = null;
+    const reason = "heartbeat timeout";
+    try {
+      ws.close(HEARTBEAT_CLOSE_CODE, reason); // tells the server why, should it still listen
+    } catch (error) {
+      report(error);
+    }
+    this.#onClose(HEARTBEAT_CLOSE_CODE, reason, false);
   }
 
   // -- internals: requests -------------------------------------------------------------------
@@ -794,6 +952,9 @@ export class WshubClient extends EventTarget {
 
   #handle(message) {
     const { type, payload, id } = message;
+    // The reply to a heartbeat ping (`pong`, or `error` such as `rate_limited`): counted as a
+    // sign of life on arrival, of no concern to the application.
+    if (typeof id === "string" && id.startsWith(this.#heartbeatPrefix)) return;
     const request = typeof id === "string" ? this.#pending.get(id) : undefined;
     if (request !== undefined) {
       this.#pending.delete(id);
