@@ -21,6 +21,7 @@ PACKAGES = (
     "starlette",
     "python-socketio",
     "python-engineio",
+    "granian",
     "orjson",
     "redis",
     "psutil",
@@ -57,10 +58,11 @@ def _os_name() -> str:
     return platform.system()
 
 
-def _node_ws_version(peers: Path) -> str:
+def _node_version(peers: Path, peer: str, package: str) -> str:
+    """The installed version of a Node peer's ``package`` (from its node_modules)."""
     try:
-        pkg = json.loads((peers / "node_ws" / "node_modules" / "ws" / "package.json").read_text())
-        return str(pkg["version"])
+        path = peers / peer / "node_modules" / package / "package.json"
+        return str(json.loads(path.read_text())["version"])
     except (OSError, ValueError, KeyError):
         return "not installed"
 
@@ -72,7 +74,8 @@ def describe_machine(peers: Path) -> dict[str, object]:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
-    versions["ws (node)"] = _node_ws_version(peers)
+    versions["ws (node)"] = _node_version(peers, "node_ws", "ws")
+    versions["socket.io (node)"] = _node_version(peers, "node_socketio", "socket.io")
     return {
         "cpu": _cpu_model(),
         "cores": os.cpu_count(),

@@ -205,12 +205,17 @@ def _importable(*modules: str) -> Callable[[Session], str | None]:
     return check
 
 
-def _node_missing(_s: Session) -> str | None:
-    if shutil.which("node") is None:
-        return "node not found"
-    if not (PEERS / "node_ws" / "node_modules" / "ws").is_dir():
-        return "peers/node_ws/node_modules missing: run `make -C benchmarks deps`"
-    return None
+def _node_peer_missing(peer: str, package: str) -> Callable[[Session], str | None]:
+    """Why the Node peer in peers/<peer> cannot run (no node, `package` not installed), or None."""
+
+    def check(_s: Session) -> str | None:
+        if shutil.which("node") is None:
+            return "node not found"
+        if not (PEERS / peer / "node_modules" / package).is_dir():
+            return f"peers/{peer}/node_modules missing: run `make -C benchmarks deps`"
+        return None
+
+    return check
 
 
 def wshub_command(session: Session) -> list[str]:
@@ -298,6 +303,10 @@ def _mounted(ws: str) -> Callable[[Session, int, Path], list[str]]:
 #: What the mounted variants are measured on: the scenarios their targets name.
 MOUNTED_SCENARIOS = ("fanout-100", "fanout-1000", "fanout-5000", "pingpong-100")
 
+#: What the peers added from PERF-NOTES' list are measured on: the columns of its table (fan-out
+#: at 100 and 1,000, ping-pong, idle memory). 4 peers x 4 scenarios x 3 reps add ~5 min to a run.
+EXTRA_PEER_SCENARIOS = ("fanout-100", "fanout-1000", "pingpong-100", "idle")
+
 
 def build_servers() -> list[Server]:
     def wshub(key: str, label: str, store: str | None, only_store: bool) -> Server:
@@ -323,7 +332,7 @@ def build_servers() -> list[Server]:
             "node-ws",
             "node-ws",
             lambda s, port, d: ["node", str(PEERS / "node_ws" / "server.js"), str(port)],
-            missing=_node_missing,
+            missing=_node_peer_missing("node_ws", "ws"),
         ),
         Server(
             "starlette",
@@ -337,6 +346,36 @@ def build_servers() -> list[Server]:
             _py("socketio_server.py"),
             sio=True,
             missing=_importable("socketio", "uvicorn"),
+        ),
+        # The rest of PERF-NOTES' peers, on fewer scenarios (EXTRA_PEER_SCENARIOS).
+        Server(
+            "websockets",
+            "websockets 17 (uvloop), broadcast()",
+            _py("websockets_server.py"),
+            only=EXTRA_PEER_SCENARIOS,
+            missing=_importable("websockets", "uvloop", "orjson"),
+        ),
+        Server(
+            "asgi-queued",
+            "raw ASGI, queued publish, uvicorn (ws=websockets-sansio)",
+            _py("asgi_queued.py"),
+            only=EXTRA_PEER_SCENARIOS,
+            missing=_importable("uvicorn", "orjson"),
+        ),
+        Server(
+            "starlette-granian",
+            "Starlette naive, granian (ASGI, 1 worker, uvloop)",
+            _py("starlette_granian.py"),
+            only=EXTRA_PEER_SCENARIOS,
+            missing=_importable("granian", "starlette", "uvloop", "orjson"),
+        ),
+        Server(
+            "node-socketio",
+            "Node socket.io 4 (Socket.IO frames)",
+            lambda s, port, d: ["node", str(PEERS / "node_socketio" / "server.js"), str(port)],
+            sio=True,
+            only=EXTRA_PEER_SCENARIOS,
+            missing=_node_peer_missing("node_socketio", "socket.io"),
         ),
         wshub("wshub", "wshub (memory store)", None, False),
         # The hub mounted in an existing app (examples/starlette_app.py) under uvicorn: through
