@@ -36,7 +36,8 @@ unit: $(VENV)/.dev
 
 test: lint unit
 
-# Side-by-side benchmarks against picows, Node ws, Starlette and python-socketio (~13 min;
+# Side-by-side benchmarks against picows, Node ws, Starlette, python-socketio and the other peers of
+# shared/PERF-NOTES.md (~21 min;
 # BENCH_QUICK=1 for a ~2 min smoke run). Writes benchmarks/RESULTS.md.
 bench: $(VENV)/.dev
 	$(MAKE) -C benchmarks bench

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Run the wshub benchmarks side by side with the peers, and report.
 
-    make -C benchmarks bench                       # full: 3 repetitions (~15 min on 2 cores)
+    make -C benchmarks bench                       # full: 3 repetitions (~21 min on 2 cores)
     BENCH_QUICK=1 make -C benchmarks bench         # smoke check: 1 repetition, short windows
     BENCH_REPS=5 BENCH_SERVERS=picows,node-ws BENCH_SCENARIOS=fanout-1000 make -C benchmarks bench
 
@@ -483,7 +483,9 @@ def write_report(
         console.print(f"[yellow]chart not written: {exc}")
     if results_md:
         (HERE / "RESULTS.md").write_text(markdown)
-        console.print("RESULTS.md updated")
+        if (out / "chart.png").exists():
+            shutil.copyfile(out / "chart.png", HERE / "RESULTS.png")
+        console.print("RESULTS.md and RESULTS.png updated")
     else:
         console.print(
             f"RESULTS.md left as it is (quick, filtered or re-reported run); this run's copy: "

@@ -44,7 +44,7 @@ def test_lower_is_better_and_a_miss_says_by_how_much() -> None:
     ]
     measured, verdict = check_target(records, target("p99 latency"))
     assert measured.startswith("0.83x")
-    assert verdict == "**missed by 17%**"
+    assert verdict == "**missed by 16.7%**"
 
 
 def test_failed_runs_and_unmeasured_targets_are_left_out() -> None:

@@ -323,7 +323,7 @@ def check_target(records: list[dict[str, Any]], t: Target) -> tuple[str, str] | 
         value = statistics.median(a.values())
         met = value <= t.goal if not t.higher_is_better else value >= t.goal
         measured = f"{value:.1f}{t.unit} ({len(a)} rep(s))"
-        return measured, "met" if met else f"**missed by {abs(value / t.goal - 1) * 100:.0f}%**"
+        return measured, "met" if met else f"**missed by {abs(value / t.goal - 1) * 100:.1f}%**"
     b = _values(records, t.field, t.b)
     reps = sorted(a.keys() & b.keys())
     if not reps:
@@ -334,7 +334,7 @@ def check_target(records: list[dict[str, Any]], t: Target) -> tuple[str, str] | 
     measured = f"{value:.2f}x ({len(reps)} rep(s){spread})"
     if value >= t.goal:
         return measured, "met"
-    return measured, f"**missed by {(1 - value / t.goal) * 100:.0f}%**"
+    return measured, f"**missed by {(1 - value / t.goal) * 100:.1f}%**"
 
 
 def idle_held(records: list[dict[str, Any]], server: str = "wshub") -> str | None:
@@ -435,8 +435,10 @@ def render_markdown(
     lines += [
         "",
         "Loopback compresses the ratios between fast servers; compare ratios, not absolute "
-        "numbers. The chart of this table is written to `benchmarks/results/<run>/chart.png` "
-        "(git-ignored), next to the raw per-run records (`runs.jsonl`) and server logs.",
+        "numbers. The chart of this table (medians, bars from the lowest to the highest "
+        "repetition) is [RESULTS.png](RESULTS.png); every run also writes it to "
+        "`benchmarks/results/<run>/chart.png` (git-ignored), next to the raw per-run records "
+        "(`runs.jsonl`) and server logs.",
         "",
     ]
     targets = md_targets(records or [])
