@@ -18,8 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-import uvicorn
-from _common import message_frame, pong, port_from_argv, quiet_sigterm, reply, welcome
+from _common import message_frame, pong, reply, run_uvicorn, welcome
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -149,15 +148,4 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 if __name__ == "__main__":
-    quiet_sigterm()
-    uvicorn.run(
-        app,
-        host="127.0.0.1",
-        port=port_from_argv(),
-        loop="uvloop",
-        http="httptools",
-        ws="websockets-sansio",
-        log_level="warning",
-        access_log=False,
-        backlog=4096,
-    )
+    run_uvicorn(app)

@@ -14,8 +14,7 @@ import time
 from typing import Any
 
 import socketio
-import uvicorn
-from _common import port_from_argv, quiet_sigterm
+from _common import run_uvicorn
 
 sio = socketio.AsyncServer(async_mode="asgi", cors_allowed_origins="*", transports=["websocket"])
 app = socketio.ASGIApp(sio, socketio_path="socket.io")
@@ -70,15 +69,4 @@ async def ping(sid: str, *_args: Any) -> None:
 
 
 if __name__ == "__main__":
-    quiet_sigterm()
-    uvicorn.run(
-        app,
-        host="127.0.0.1",
-        port=port_from_argv(),
-        loop="uvloop",
-        http="httptools",
-        ws="websockets-sansio",
-        log_level="warning",
-        access_log=False,
-        backlog=4096,
-    )
+    run_uvicorn(app)

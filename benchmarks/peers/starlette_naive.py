@@ -12,8 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-import uvicorn
-from _common import message_frame, pong, port_from_argv, quiet_sigterm, reply, welcome
+from _common import message_frame, pong, reply, run_uvicorn, welcome
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -78,15 +77,4 @@ async def endpoint(ws: WebSocket) -> None:
 app = Starlette(routes=[WebSocketRoute("/ws", endpoint)])
 
 if __name__ == "__main__":
-    quiet_sigterm()
-    uvicorn.run(
-        app,
-        host="127.0.0.1",
-        port=port_from_argv(),
-        loop="uvloop",
-        http="httptools",
-        ws="websockets-sansio",
-        log_level="warning",
-        access_log=False,
-        backlog=4096,
-    )
+    run_uvicorn(app)
