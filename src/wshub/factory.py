@@ -23,7 +23,7 @@ __all__ = [
 
 
 def _redis_url(url: str, setting: str) -> Any:
-    from .brokers.redis import parse_redis_url
+    from .redis_support import parse_redis_url
 
     try:
         return parse_redis_url(url)

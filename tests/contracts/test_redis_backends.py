@@ -19,10 +19,11 @@ from pathlib import Path
 import pytest
 from redis.crc import key_slot
 
-from wshub.brokers.redis import RedisBroker, parse_redis_url
+from wshub.brokers.redis import RedisBroker
 from wshub.errors import BackendUnavailable
 from wshub.interfaces import Retention
 from wshub.presence.redis import RedisPresence
+from wshub.redis_support import parse_redis_url
 from wshub.stores.redis import RedisStore
 
 from ..redis_server import RedisServer, persistent_redis

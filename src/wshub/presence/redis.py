@@ -37,7 +37,8 @@ import orjson
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
-from ..brokers.redis import (
+from ..errors import BackendUnavailable
+from ..redis_support import (
     Backoff,
     Batcher,
     check_prefix,
@@ -46,7 +47,6 @@ from ..brokers.redis import (
     ping,
     stop_task,
 )
-from ..errors import BackendUnavailable
 
 __all__ = ["RedisPresence"]
 

@@ -34,9 +34,9 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
-from ..brokers.redis import Batcher, check_prefix, connect_redis, describe, ping, redis_errors
 from ..errors import BackendUnavailable
 from ..interfaces import Retention
+from ..redis_support import Batcher, check_prefix, connect_redis, describe, ping, redis_errors
 from ..types import StoredMessage, StreamPosition
 
 __all__ = ["RedisStore"]
