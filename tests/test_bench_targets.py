@@ -65,3 +65,36 @@ def test_absolute_ceiling_and_idle_connections_held() -> None:
     assert measured.startswith("8.0 KiB") and verdict == "met"  # median of 9 and 7
     held = idle_held(records)
     assert held is not None and "**not met**" in held  # rep 2 lost connections
+
+
+def test_wshub_against_each_peer_uses_ratios_within_each_repetition() -> None:
+    from types import SimpleNamespace
+
+    from harness.report import md_vs_peers, summarize
+    from harness.scenarios import Timing, build_scenarios
+
+    scenarios = [
+        sc
+        for sc in build_scenarios(Timing(warmup=1, duration=4, idle_conns=10, idle_hold=1))
+        if sc.key in ("fanout-1000", "idle")
+    ]
+    servers: list[Any] = [
+        SimpleNamespace(key="wshub", label="wshub", wshub=True),
+        SimpleNamespace(key="node-ws", label="node-ws", wshub=False),
+        SimpleNamespace(key="starlette", label="starlette", wshub=False),
+    ]
+    records = [
+        run(1, "wshub", "fanout-1000", deliveries_per_s=800),
+        run(1, "node-ws", "fanout-1000", deliveries_per_s=100),
+        run(2, "wshub", "fanout-1000", deliveries_per_s=900),
+        run(2, "node-ws", "fanout-1000", deliveries_per_s=300),
+        run(1, "starlette", "fanout-1000", deliveries_per_s=200),  # no wshub run to pair in rep 3
+        run(3, "starlette", "fanout-1000", deliveries_per_s=1),
+        run(1, "wshub", "idle", rss_per_conn_kib=5.0),
+        run(1, "node-ws", "idle", rss_per_conn_kib=6.0),
+    ]
+    table = md_vs_peers(summarize(records, servers, scenarios), records, scenarios)
+    rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines()}
+    assert rows["node-ws"] == "| node-ws | 5.50x | 1.20x |"  # median of 8x and 3x; 6 / 5 KiB
+    assert rows["starlette"] == "| starlette | 4.00x | — |"  # rep 3 had no wshub run
+    assert "wshub" not in rows  # no row comparing wshub with itself

@@ -21,6 +21,8 @@ __all__ = [
     "md_cpu_table",
     "md_table",
     "md_targets",
+    "md_vs_peers",
+    "pair_ratio",
     "render_markdown",
     "summarize",
     "visible",
@@ -190,6 +192,50 @@ def md_table(summary: Summary) -> str:
         f"| {s.label} | " + " | ".join(cell_text(summary, s, m) for m in metrics) + " |"
         for s in servers
     ]
+    return "\n".join(rows)
+
+
+def pair_ratio(
+    records: list[dict[str, Any]],
+    field: str,
+    a: tuple[str, str],
+    b: tuple[str, str],
+    higher_is_better: bool = True,
+) -> list[float]:
+    """Per repetition in which both ran: how many times better (server, scenario) ``a`` did
+    than ``b`` (a / b for throughput, b / a for latency and memory)."""
+    va, vb = _values(records, field, a), _values(records, field, b)
+    return [
+        va[r] / vb[r] if higher_is_better else vb[r] / va[r] for r in sorted(va.keys() & vb.keys())
+    ]
+
+
+def md_vs_peers(
+    summary: Summary,
+    records: list[dict[str, Any]],
+    scenarios: list[Scenario],
+    server: str = "wshub",
+) -> str:
+    """``server`` against every peer (the servers that are not wshub), column by column: the
+    median of the ratios taken within each repetition ("times better", as in the main table)."""
+    servers, metrics = visible(summary)
+    peers = [s for s in servers if not s.wshub]
+    if not any(s.key == server for s in servers) or not peers:
+        return ""
+    scenario_of = {m.column: sc.key for sc in scenarios for m in sc.metrics}
+    rows = ["| wshub against | " + " | ".join(m.column for m in metrics) + " |"]
+    rows.append("|---|" + "---|" * len(metrics))
+    for peer in peers:
+        cells = []
+        for m in metrics:
+            sc = scenario_of.get(m.column)
+            ratios = (
+                pair_ratio(records, m.field, (server, sc), (peer.key, sc), m.higher_is_better)
+                if sc
+                else []
+            )
+            cells.append(f"{statistics.median(ratios):.2f}x" if ratios else "—")
+        rows.append(f"| {peer.label} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 
@@ -419,6 +465,17 @@ def render_markdown(
     if skipped:
         lines += ["", "Not measured:"]
         lines += [f"- {k}: {v}" for k, v in skipped.items()]
+    vs_peers = md_vs_peers(summary, records or [], scenarios)
+    if vs_peers:
+        lines += [
+            "",
+            "### wshub against each peer",
+            "",
+            "How many times better the standalone server (memory store) did than each peer: the "
+            "ratio taken within each repetition, then the median.",
+            "",
+            vs_peers,
+        ]
     lines += [
         "",
         "### CPU during the measured window",
