@@ -61,32 +61,30 @@ class ASGIConnection:
         self._close = None
         self.outbox.close(drop=True)
 
+    async def _write(self, frames: list[Frame]) -> None:
+        send = self._send
+        for frame in frames:
+            await send({"type": "websocket.send", "text": frame.text})
+
     async def send_held(self) -> None:
         """Send what was queued while the outbox was held (see :meth:`Outbox.hold`), from the
         connection's own task; frames queued meanwhile go too."""
-        send = self._send
         outbox = self.outbox
         try:
             while frames := outbox.take_nowait():
-                for frame in frames:
-                    await send({"type": "websocket.send", "text": frame.text})
+                await self._write(frames)
         except Exception as exc:  # the client went away mid-write: as in run_writer
             logger.debug("send stopped: %r", exc)
             self.abort()
 
     async def run_writer(self) -> None:
         """Write queued frames in order until closed; then send the close frame if one is due."""
-        send = self._send
         try:
-            while True:
-                frames = await self.outbox.take()
-                if not frames:
-                    break
-                for frame in frames:
-                    await send({"type": "websocket.send", "text": frame.text})
+            while frames := await self.outbox.take():
+                await self._write(frames)
             if self._close is not None:
                 code, reason = self._close
-                await send({"type": "websocket.close", "code": code, "reason": reason})
+                await self._send({"type": "websocket.close", "code": code, "reason": reason})
         except Exception as exc:  # the client went away mid-write: nothing left to do
             logger.debug("writer stopped: %r", exc)
 

@@ -85,10 +85,7 @@ class Outbox:
                 await self._waiter
             finally:
                 self._waiter = None
-        frames = list(self._frames)
-        self._frames.clear()
-        self._bytes = 0
-        return frames
+        return self.take_nowait()
 
     def take_nowait(self) -> list[Frame]:
         """Remove and return every queued frame (for the holder; the writer uses :meth:`take`)."""
