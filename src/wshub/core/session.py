@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Coroutine, MutableMapping, Sequence
-from time import time_ns
 from typing import TYPE_CHECKING, Any
 
 from ..errors import (
@@ -14,7 +13,7 @@ from ..errors import (
     ProtocolError,
     UnknownType,
 )
-from ..protocol import CloseCode, ErrorCode, Frame, decode, encode
+from ..protocol import CloseCode, ErrorCode, Frame, decode, encode, now_ms
 from ..types import (
     ConnectionId,
     JSONObject,
@@ -188,8 +187,7 @@ class Session:
         route = hub.router.get(type_)
         if route is hub._ping_route:  # the built-in keepalive: no payload, context or await
             stats.in_by_type[type_] += 1
-            stats.out_by_type["pong"] += 1
-            self.send_frame(Frame(encode("pong", {"timestamp": time_ns() // 1_000_000}, id=msg_id)))
+            self.send("pong", {"timestamp": now_ms()}, id=msg_id)
             return None
         try:
             if route is None:
