@@ -71,6 +71,13 @@ def path_from_url(url: str) -> str:
     return rest[1:].split("?", 1)[0]
 
 
+def check_synchronous(level: str) -> str:
+    """``level`` if SQLite's ``synchronous`` may be set to it here; ValueError otherwise."""
+    if level not in SYNCHRONOUS:
+        raise ValueError(f"synchronous must be one of {', '.join(SYNCHRONOUS)}, not {level!r}")
+    return level
+
+
 def synchronous_from_url(url: str) -> str:
     """``...?synchronous=normal`` → ``"normal"``; ``"full"`` when the URL does not say."""
     from urllib.parse import parse_qs
@@ -79,10 +86,7 @@ def synchronous_from_url(url: str) -> str:
     unknown = sorted(set(query) - {"synchronous"})
     if unknown:
         raise ValueError(f"unknown sqlite URL option(s) {', '.join(unknown)}: {url!r}")
-    level = query.get("synchronous", ["full"])[-1].lower()
-    if level not in SYNCHRONOUS:
-        raise ValueError(f"synchronous must be one of {', '.join(SYNCHRONOUS)}, not {level!r}")
-    return level
+    return check_synchronous(query.get("synchronous", ["full"])[-1].lower())
 
 
 class SQLiteStore:
@@ -101,10 +105,8 @@ class SQLiteStore:
         clock: Callable[[], float] = time.time,
         synchronous: str = "full",
     ) -> None:
-        if synchronous not in SYNCHRONOUS:
-            raise ValueError(f"synchronous must be one of {', '.join(SYNCHRONOUS)}")
         self.path = str(path)
-        self.synchronous = synchronous
+        self.synchronous = check_synchronous(synchronous)
         self._clock = clock
         self._sweep_interval = sweep_interval
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
