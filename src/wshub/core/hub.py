@@ -152,7 +152,7 @@ class Hub:
         if self._started:
             return
         await self.store.start()
-        await self.presence_registry.start(self.node_id, self._presence_departed)
+        await self.presence_registry.start(self.node_id, self._announce_leave)
         await self.broker.start(self._on_broker_message)
         await self.broker.subscribe(BROADCAST_TOPIC)
         self._started = True
@@ -658,10 +658,11 @@ class Hub:
 
     async def _presence_leave(self, channel: str, uid: UserId, conn_id: str) -> None:
         if await self.presence_registry.leave(channel, uid, conn_id):
-            self._channel_event(channel, "presence_leave", {"channel": channel, "userId": uid})
+            self._announce_leave(channel, uid)
 
-    def _presence_departed(self, channel: str, user_id: str) -> None:
-        """A member's last connection in ``channel`` went with a dead node (reported once,
+    def _announce_leave(self, channel: str, user_id: str) -> None:
+        """``presence_leave`` to the channel's subscribers on every node: after a user's last
+        ``leave``, or when the presence registry reports a member gone with a dead node (once,
         cluster-wide, to the node whose heartbeat removed it)."""
         self._channel_event(channel, "presence_leave", {"channel": channel, "userId": user_id})
 

@@ -374,7 +374,7 @@ class RedisPresence:
     def _report_departed(self, departed: list[bytes]) -> None:
         if not departed or self._on_departed is None:
             return
-        prefix = len(self._base) + len("chan:")
+        prefix = len(self._channel_key(""))
         for i in range(0, len(departed) - 1, 2):
             channel, user = departed[i][prefix:].decode(), departed[i + 1].decode()
             try:
