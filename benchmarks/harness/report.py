@@ -362,22 +362,20 @@ def _values(records: list[dict[str, Any]], field: str, who: tuple[str, str]) -> 
 
 def check_target(records: list[dict[str, Any]], t: Target) -> tuple[str, str] | None:
     """``(measured, verdict)`` for one target, or None when the run did not measure it."""
-    a = _values(records, t.field, t.a)
     if t.b is None:
+        a = _values(records, t.field, t.a)
         if not a:
             return None
         value = statistics.median(a.values())
         met = value <= t.goal if not t.higher_is_better else value >= t.goal
         measured = f"{value:.1f}{t.unit} ({len(a)} rep(s))"
         return measured, "met" if met else f"**missed by {abs(value / t.goal - 1) * 100:.1f}%**"
-    b = _values(records, t.field, t.b)
-    reps = sorted(a.keys() & b.keys())
-    if not reps:
+    ratios = pair_ratio(records, t.field, t.a, t.b, t.higher_is_better)
+    if not ratios:
         return None
-    ratios = [a[r] / b[r] if t.higher_is_better else b[r] / a[r] for r in reps]
     value = statistics.median(ratios)
     spread = f", {min(ratios):.2f}-{max(ratios):.2f}" if len(ratios) > 1 else ""
-    measured = f"{value:.2f}x ({len(reps)} rep(s){spread})"
+    measured = f"{value:.2f}x ({len(ratios)} rep(s){spread})"
     if value >= t.goal:
         return measured, "met"
     return measured, f"**missed by {(1 - value / t.goal) * 100:.1f}%**"
