@@ -365,6 +365,8 @@ def main() -> int:
         "quick": args.quick,
         "warmup": timing.warmup,
         "duration": timing.duration,
+        "idle_conns": timing.idle_conns,
+        "idle_hold": timing.idle_hold,
         "server_core": args.server_core,
         "loadgen_core": args.loadgen_core,
     }
@@ -390,10 +392,14 @@ def rewrite_report(console: Console, args: argparse.Namespace) -> int:
     records = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
     saved = json.loads((out / "summary.json").read_text())
     settings = saved["settings"]
-    timing = (
-        Timing(warmup=settings["warmup"], duration=settings["duration"], idle_conns=0, idle_hold=0)
-        if "warmup" in settings
-        else Timing(warmup=1.0, duration=4.0, idle_conns=10_000, idle_hold=2.5)
+    # Runs saved before idle_conns was in the settings: the idle runs' own connection count.
+    idle_runs = [int(r.get("conns", 0)) for r in records if r["scenario"] == "idle"]
+    idle_conns = max(idle_runs, default=0)
+    timing = Timing(
+        warmup=settings["warmup"],
+        duration=settings["duration"],
+        idle_conns=int(settings.get("idle_conns", idle_conns)),
+        idle_hold=float(settings.get("idle_hold", 0.0)),
     )
     ran = {(r["scenario"], r["server"]) for r in records}
     scenarios = [sc for sc in build_scenarios(timing) if any(sc.key == k for k, _ in ran)]
