@@ -7,7 +7,7 @@ adapters (``wshub.asgi``); every store and broker passes the shared contract sui
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from .protocol import Frame, FrameBatch
 
 __all__ = [
+    "Append",
     "Authenticator",
     "Broker",
     "BrokerHandler",
@@ -61,6 +62,21 @@ class Retention:
     ttl: float | None
 
 
+@dataclass(frozen=True, slots=True)
+class Append:
+    """One message for :meth:`Store.append_batch`: ``data`` at the end of ``stream``.
+
+    ``topic``: when the store publishes atomically (:meth:`Store.publish_with` said yes), the
+    broker topic to publish the message on, in the same step as the append, as
+    ``<offset>:<data>`` (``wshub.core.streams.pack``); ``None`` publishes nothing.
+    """
+
+    stream: str
+    data: bytes
+    retention: Retention
+    topic: str | None = None
+
+
 class Store(Protocol):
     """Streams of messages with offsets, and per-stream delivery cursors.
 
@@ -75,6 +91,16 @@ class Store(Protocol):
     - A stream's ``epoch`` stays the same for as long as the store keeps that stream's data.
     - Cursors only move forward: ``advance_cursor`` to a lower offset is a no-op.
     - Concurrent ``append`` calls return in the order their offsets were assigned.
+    - ``append_batch`` is ``append`` for every item, in order, as one step of the engine (one
+      SQLite transaction, one Redis round trip): it returns one result per item, a
+      :class:`StreamPosition` or the :class:`~wshub.errors.BackendUnavailable` that item failed
+      with (one bad item fails alone). ``cursors`` (stream -> offset) are advanced in the same
+      step, as ``advance_cursor`` would. Nothing is returned before all of it is durable.
+    - ``publish_with(broker)`` returns True when this store can publish each appended message
+      on ``broker`` atomically with its append (same engine): then every node subscribed to a
+      stream's topic receives its messages in offset order, and the hub publishes nothing
+      itself for them. A store that cannot answers False (the hub then publishes after the
+      commit, and nodes close the gaps that crossing publications leave by reading).
     - Optional: ``async def healthy() -> bool`` answers whether the engine is reachable now
       (``/readyz`` asks), and ``eager_safe = False`` when calls must run inside a task of their
       own (redis-py's timeouts), which stops the native transport from starting handlers eagerly.
@@ -85,6 +111,12 @@ class Store(Protocol):
     async def close(self) -> None: ...
 
     async def append(self, stream: str, data: bytes, retention: Retention) -> StreamPosition: ...
+
+    async def append_batch(
+        self, appends: Sequence[Append], cursors: Mapping[str, int] | None = None
+    ) -> list[StreamPosition | Exception]: ...
+
+    def publish_with(self, broker: Broker) -> bool: ...
 
     async def read(
         self, stream: str, since: int, limit: int | None = None
@@ -114,9 +146,13 @@ class Broker(Protocol):
     - ``subscribe`` returns once the subscription is active: what is published after it
       returns reaches this node (the hub reads history only then, so nothing falls between).
     - ``start`` registers the single handler; it is called on the event loop and must not block.
+      ``on_resync`` (optional) is called after the broker lost messages it cannot replay (its
+      connection broke and came back): the hub then reads what it may have missed.
     """
 
-    async def start(self, handler: BrokerHandler) -> None: ...
+    async def start(
+        self, handler: BrokerHandler, on_resync: Callable[[], None] | None = None
+    ) -> None: ...
 
     async def close(self) -> None: ...
 

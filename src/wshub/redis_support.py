@@ -187,14 +187,24 @@ class Batcher:
         if self._flusher is not None:
             await self._flusher
 
+    def script_nowait(
+        self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]
+    ) -> asyncio.Future[Any]:
+        """:meth:`script` without awaiting: the future of its result (for many at once)."""
+        return self._enqueue(("EVALSHA", script.sha, len(keys), *keys, *args), script)
+
     async def _submit(self, command: tuple[Any, ...], script: AsyncScript | None) -> Any:
-        if self._closed:
-            raise BackendUnavailable(f"{self.where}: closed")
+        return await self._enqueue(command, script)
+
+    def _enqueue(self, command: tuple[Any, ...], script: AsyncScript | None) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if self._closed:
+            future.set_exception(BackendUnavailable(f"{self.where}: closed"))
+            return future
         self._queue.append((command, script, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush(), name="wshub-redis-batch")
-        return await future
+        return future
 
     async def _flush(self) -> None:
         while self._queue:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from wshub.brokers.memory import MemoryBroker, MemoryBus
 from wshub.core.hub import Hub
@@ -34,8 +34,10 @@ class SlowSubscriptions:
     def __init__(self, inner: MemoryBroker) -> None:
         self.inner = inner
 
-    async def start(self, handler: BrokerHandler) -> None:
-        await self.inner.start(handler)
+    async def start(
+        self, handler: BrokerHandler, on_resync: Callable[[], None] | None = None
+    ) -> None:
+        await self.inner.start(handler, on_resync)
 
     async def close(self) -> None:
         await self.inner.close()
@@ -60,8 +62,10 @@ class SlowPublications:
         self.inner = inner
         self.publishing = asyncio.Event()  # a publication is on its way
 
-    async def start(self, handler: BrokerHandler) -> None:
-        await self.inner.start(handler)
+    async def start(
+        self, handler: BrokerHandler, on_resync: Callable[[], None] | None = None
+    ) -> None:
+        await self.inner.start(handler, on_resync)
 
     async def close(self) -> None:
         await self.inner.close()

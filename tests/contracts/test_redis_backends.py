@@ -21,7 +21,7 @@ from redis.crc import key_slot
 
 from wshub.brokers.redis import RedisBroker
 from wshub.errors import BackendUnavailable
-from wshub.interfaces import Retention
+from wshub.interfaces import Append, Retention
 from wshub.presence.redis import RedisPresence
 from wshub.redis_support import parse_redis_url
 from wshub.stores.redis import RedisStore
@@ -68,6 +68,48 @@ async def test_two_nodes_appending_at_once_never_share_an_offset(redis_url: str)
     finally:
         await a.close()
         await b.close()
+
+
+async def test_appends_publish_in_offset_order_in_the_same_step(redis_url: str) -> None:
+    """With a broker on the same Redis, the append script publishes ``<offset>:<data>``: two
+    nodes appending to one stream at once, a third node receives every offset once, in order
+    (Redis runs each script whole, so publish order is offset order)."""
+    received: list[tuple[str, bytes]] = []
+    got_all = asyncio.Event()
+
+    def handler(topic: str, data: bytes) -> None:
+        received.append((topic, data))
+        if len(received) == 200:
+            got_all.set()
+
+    nodes = [(RedisStore(redis_url), RedisBroker(redis_url)) for _ in range(2)]
+    listener = RedisBroker(redis_url)
+    await listener.start(handler)
+    await listener.subscribe("c:race")
+    try:
+        for store, broker in nodes:
+            await store.start()
+            await broker.start(lambda topic, data: None)
+            assert store.publish_with(broker) is True
+        assert RedisStore(redis_url).publish_with(RedisBroker(redis_url + "1")) is False
+        batches = [
+            store.append_batch([Append("c:race", b"%d" % i, KEEP, "c:race") for i in range(50)])
+            for _ in range(2)
+            for store, _ in nodes
+        ]
+        results = [r for batch in await asyncio.gather(*batches) for r in batch]
+        assert sorted(r.offset for r in results if not isinstance(r, Exception)) == list(
+            range(1, 201)
+        )
+        await asyncio.wait_for(got_all.wait(), 5)
+        offsets = [int(data.split(b":", 1)[0]) for _, data in received]
+        assert offsets == list(range(1, 201))
+        assert {topic for topic, _ in received} == {"c:race"}
+    finally:
+        await listener.close()
+        for store, broker in nodes:
+            await broker.close()
+            await store.close()
 
 
 async def test_a_stream_that_redis_lost_gets_a_new_epoch(

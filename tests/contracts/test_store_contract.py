@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from wshub.interfaces import Retention, Store
+from wshub.brokers.memory import MemoryBroker
+from wshub.interfaces import Append, Retention, Store
+from wshub.types import StreamPosition
 
 from .conftest import Clock
 
@@ -92,3 +94,19 @@ async def test_concurrent_appends_return_in_the_order_offsets_were_assigned(stor
 
     await asyncio.gather(*(append(i) for i in range(300)))
     assert returned == list(range(1, 301))
+
+
+async def test_a_batch_appends_in_order_and_moves_cursors_in_the_same_step(store: Store) -> None:
+    await store.append("u", b"first", KEEP)
+    items = [Append("a", b"a1", KEEP), Append("b", b"b1", KEEP), Append("a", b"a2", KEEP)]
+    results = await store.append_batch(items, {"u": 1})
+    assert [(r.offset if isinstance(r, StreamPosition) else r) for r in results] == [1, 1, 2]
+    messages, _ = await store.read("a", 0)
+    assert [m.data for m in messages] == [b"a1", b"a2"]
+    assert await store.cursor("u") == 1
+    assert await store.append_batch([], {"u": 5}) == []  # beyond the top: not moved
+    assert await store.cursor("u") == 1
+
+
+async def test_a_store_publishes_only_with_a_broker_of_its_own_engine(store: Store) -> None:
+    assert store.publish_with(MemoryBroker()) is False  # a broker on no bus connects nothing

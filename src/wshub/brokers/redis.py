@@ -23,6 +23,7 @@ import contextlib
 import logging
 import uuid
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio import Redis
@@ -78,6 +79,7 @@ class RedisBroker:
         self.node_id = uuid.uuid4().hex[:_NODE_ID_LEN]
         self._tag = self.node_id.encode()
         self._prefix = channel_prefix.encode()
+        self._on_resync: Callable[[], None] | None = None
         self._timeout = timeout
         self._ping_interval = ping_interval
         self._backoff = Backoff(*reconnect_delay)
@@ -99,18 +101,31 @@ class RedisBroker:
         self._closed = False
 
     @property
+    def tag(self) -> bytes:
+        """What starts every message this node publishes (its own are dropped on receipt)."""
+        return self._tag
+
+    @property
+    def channel_prefix(self) -> bytes:
+        """What starts the Redis channel of every topic."""
+        return self._prefix
+
+    @property
     def connected(self) -> bool:
         """Whether the subscriber connection is up (messages from other nodes arrive)."""
         return self._conn is not None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    async def start(self, handler: BrokerHandler) -> None:
+    async def start(
+        self, handler: BrokerHandler, on_resync: Callable[[], None] | None = None
+    ) -> None:
         """Connect and subscribe to the wanted topics; BackendUnavailable if Redis can't be
         reached now (a node refuses to start rather than run cut off from the others)."""
         if self._reader is not None:
             return
         self._handler = handler
+        self._on_resync = on_resync
         self._closed = False
         self._client = connect_redis(self.url, timeout=self._timeout, name="wshub-broker")
         try:
@@ -234,6 +249,11 @@ class RedisBroker:
                 self._settle_confirmations()
                 await conn.disconnect(nowait=True)
             conn = await self._reconnect()
+            if self._on_resync is not None:  # what was published meanwhile never arrived
+                try:
+                    self._on_resync()
+                except Exception:
+                    logger.exception("%s: resync after reconnection failed", self.where)
 
     async def _reconnect(self) -> AbstractConnection:
         self._backoff.reset()

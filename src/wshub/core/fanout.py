@@ -2,7 +2,8 @@
 
 Channel publications are queued per channel during an event-loop turn and delivered together at
 its end (:meth:`LocalFanout.flush_batches`): every subscriber gets the turn's frames for the
-channel as one pre-joined ``bytes`` object. Nothing here awaits; sends never block.
+channel as one pre-joined ``bytes`` object. Which session gets which frame is decided by
+:func:`wshub.core.delivery.wants`; nothing here awaits, and sends never block.
 """
 
 from __future__ import annotations
@@ -12,37 +13,23 @@ from collections.abc import Callable
 
 from ..protocol import Frame, FrameBatch
 from ..types import UserId
+from .delivery import StreamState, wants
 from .session import Session
 from .stats import HubStats
 
-__all__ = ["LocalFanout", "channel_key", "message_envelope", "user_key"]
-
-
-def channel_key(channel: str) -> str:
-    return "c:" + channel
-
-
-def user_key(user_id: str) -> str:
-    return "u:" + user_id
-
-
-def message_envelope(body: bytes, offset: int) -> bytes:
-    """The ``message`` envelope for a stored channel publication body (see :meth:`Hub.publish`)."""
-    return b'{"type":"message","payload":%s,"offset":%d}}' % (body[:-1], offset)
+__all__ = ["LocalFanout"]
 
 
 class _Batch:
     """One channel's publications during one loop turn, and which sessions already got a
     prefix of them early (because something else was sent to them directly meanwhile)."""
 
-    __slots__ = ("early", "items", "remote")
+    __slots__ = ("early", "items", "state")
 
-    def __init__(self, first: tuple[int, Frame], remote: bool) -> None:
+    def __init__(self, state: StreamState, first: tuple[int, Frame]) -> None:
+        self.state = state
         self.items = [first]
         self.early: dict[Session, int] = {}
-        # Frames from other nodes may arrive after a subscriber's catch-up already replayed
-        # them from the store: those batches are checked against each session's floor.
-        self.remote = remote
 
 
 class LocalFanout:
@@ -57,24 +44,22 @@ class LocalFanout:
         self.batches: dict[str, _Batch] = {}
         self._scheduled = False
 
-    def fanout(
-        self, key: str, channel: str, offset: int, frame: Frame, *, remote: bool = False
-    ) -> int:
+    def fanout(self, state: StreamState, offset: int, frame: Frame) -> int:
         """Queue a publication for the channel's local subscribers; it goes out, with the rest
         of this loop turn's publications on the channel, when the turn's callbacks run.
         Returns the number of subscribers it will reach."""
+        channel = state.key.name
         subscribers = self.channels.get(channel)
         if not subscribers:
             return 0
         batch = self.batches.get(channel)
         if batch is None:
-            self.batches[channel] = _Batch((offset, frame), remote)
+            self.batches[channel] = _Batch(state, (offset, frame))
             if not self._scheduled:
                 self._scheduled = True
                 asyncio.get_running_loop().call_soon(self.flush_batches)
         else:
             batch.items.append((offset, frame))
-            batch.remote = batch.remote or remote
         n = len(subscribers)
         self.stats.deliveries += n
         return n
@@ -96,30 +81,25 @@ class LocalFanout:
         subscribers = self.channels.get(channel)
         if not subscribers:
             return
-        key = channel_key(channel)
         items = batch.items
         early = batch.early
-        frames = FrameBatch([frame for _, frame in items])
-        remote = batch.remote
+        state = batch.state
+        frames: FrameBatch | None = None
         overflowed = None
         for s in subscribers:
-            if (early and s in early) or (remote and s._floors and key in s._floors):
-                # got part of the batch already (see send_pending_to), or may have had some of
-                # it replayed: only what is newer goes out
+            if early or state.holding or state.floors:
                 rest = items[early.get(s, 0) :] if early else items
-                floor = s._floors.get(key, 0) if remote else 0
-                if floor:
-                    rest = [item for item in rest if item[0] > floor]
-                if rest and not self.send_items(s, key, rest):
+                if rest and not self.send_items(s, state, rest):
                     overflowed = overflowed or []
                     overflowed.append(s)
                 continue
-            recovering = s._recovering
-            if recovering and key in recovering:
-                recovering[key].extend(items)
-            elif not s.conn.send_batch(frames):
+            if frames is None:
+                frames = FrameBatch([frame for _, frame in items])
+            if not s.conn.send_batch(frames):
                 overflowed = overflowed or []
                 overflowed.append(s)
+        if state.floors:
+            state.delivered(items[-1][0])
         if overflowed:
             for s in overflowed:
                 self._on_overflow(s)
@@ -138,31 +118,33 @@ class LocalFanout:
             batch = batches[channel]
             done = batch.early.get(session, 0)
             if done < len(batch.items):
-                if not self.send_items(session, channel_key(channel), batch.items[done:]):
+                if not self.send_items(session, batch.state, batch.items[done:]):
                     self._on_overflow(session)
                 batch.early[session] = len(batch.items)
 
-    def send_items(self, s: Session, key: str, items: list[tuple[int, Frame]]) -> bool:
-        recovering = s._recovering
-        if recovering and key in recovering:
-            recovering[key].extend(items)
-            return True
+    @staticmethod
+    def send_items(s: Session, state: StreamState, items: list[tuple[int, Frame]]) -> bool:
+        if state.holding or state.floors:
+            items = [item for item in items if wants(state, s, item[0], item[1])]
+            if not items:
+                return True
         return s.conn.send_batch(FrameBatch([frame for _, frame in items]))
 
-    def deliver_user(
-        self, uid: UserId, key: str, offset: int, frame: Frame, *, remote: bool = False
-    ) -> bool:
-        sessions = self.users.get(uid)
+    def deliver_user(self, state: StreamState, offset: int, frame: Frame) -> int:
+        """Hand a frame of a user's stream to the user's sessions here; returns how many were
+        handed it now (a session catching up gets it with its replay)."""
+        sessions = self.users.get(UserId(state.key.name))
         if not sessions:
-            return False
+            return 0
+        handed = 0
         for s in list(sessions):
-            recovering = s._recovering
-            if recovering and key in recovering:
-                recovering[key].append((offset, frame))
-            elif not (remote and offset <= s._floors.get(key, 0)):
+            if wants(state, s, offset, frame):
                 s.send_frame(frame)
+                handed += 1
+        if state.floors:
+            state.delivered(offset)
         self.stats.deliveries += len(sessions)
-        return True
+        return handed
 
     def broadcast(self, frame: Frame, sessions: list[Session]) -> int:
         for s in sessions:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
-
 from ..errors import AuthFailed, NotFound
 from ..protocol import (
     AuthenticatePayload,
@@ -42,28 +40,7 @@ async def authenticate(ctx: Context, payload: AuthenticatePayload) -> None:
 
 async def chat(ctx: Context, payload: ChatPayload) -> None:
     """A direct message to a user, delivered to all of the user's connections or stored."""
-    message_id = uuid.uuid4().hex
-    timestamp = now_ms()
-    delivery = await ctx.hub.send_to_user(
-        payload.recipientId,
-        "chat",
-        {
-            "messageId": message_id,
-            "from": ctx.user_id,
-            "message": payload.message,
-            "timestamp": timestamp,
-        },
-    )
-    ctx.reply(
-        "chat_received",
-        {
-            "messageId": message_id,
-            "recipientId": payload.recipientId,
-            "delivered": delivery.delivered,
-            "queued": delivery.queued,
-            "timestamp": timestamp,
-        },
-    )
+    ctx.hub.chat_for(ctx.session, payload.recipientId, payload.message, msg_id=ctx.id)
 
 
 async def subscribe(ctx: Context, payload: SubscribePayload) -> None:
@@ -82,8 +59,7 @@ async def unsubscribe(ctx: Context, payload: ChannelPayload) -> None:
 async def publish(ctx: Context, payload: PublishPayload) -> None:
     """Publish data on a channel (by default: an authenticated subscriber)."""
     await ctx.hub.check_publish(ctx.session, payload.channel)
-    offset = await ctx.hub.publish(payload.channel, payload.data, sender=ctx.user_id)
-    ctx.reply("published", {"channel": payload.channel, "offset": offset})
+    ctx.hub.publish_for(ctx.session, payload.channel, payload.data, msg_id=ctx.id)
 
 
 async def presence(ctx: Context, payload: ChannelPayload) -> None:
@@ -97,8 +73,8 @@ async def presence(ctx: Context, payload: ChannelPayload) -> None:
 def register_builtin_handlers(router: Router) -> None:
     router.add("ping", ping)
     router.add("authenticate", authenticate)
-    router.add("chat", chat, requires_auth=True)
+    router.add("chat", chat, requires_auth=True, pipelined=True)
     router.add("subscribe", subscribe)
     router.add("unsubscribe", unsubscribe)
-    router.add("publish", publish)
+    router.add("publish", publish, pipelined=True)
     router.add("presence", presence, requires_auth=True)

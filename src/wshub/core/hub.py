@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import struct
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -21,8 +20,9 @@ import orjson
 from pydantic import BaseModel
 
 from ..config import Settings
-from ..errors import AuthFailed, Forbidden, InvalidMessage
+from ..errors import AuthFailed, BackendUnavailable, Forbidden, InvalidMessage
 from ..interfaces import (
+    Append,
     Authenticator,
     Broker,
     ChannelHook,
@@ -31,16 +31,18 @@ from ..interfaces import (
     Retention,
     Store,
 )
-from ..protocol import RESERVED_TYPES, CloseCode, Frame, encode, now_ms, with_offset
+from ..protocol import RESERVED_TYPES, CloseCode, ErrorCode, Frame, encode, now_ms
 from ..types import JSON, ConnectionId, JSONObject, Principal, StoredMessage, StreamPosition, UserId
-from .fanout import LocalFanout, channel_key, message_envelope, user_key
+from .commit import GroupCommit
+from .delivery import StreamState, StreamTable
+from .fanout import LocalFanout
 from .permissions import ChannelKind, channel_kind
 from .policy import ChannelPolicy
 from .recovery import read_gap
-from .router import Handler, Router
-from .sequencer import Sequencer
+from .router import Handler, Route, Router
 from .session import Session
 from .stats import HubStats
+from .streams import StreamKey, channel_stream, pack, parse_topic, unpack, user_stream
 
 __all__ = ["Delivery", "Hub", "HubStats", "OverflowPolicy"]
 
@@ -50,7 +52,9 @@ H = TypeVar("H", bound=Handler)
 OverflowPolicy = Literal["disconnect", "drop"]
 
 BROADCAST_TOPIC = "*"
-_offset_header = struct.Struct("!Q")
+
+#: Called when a hub append completes: its position and client frame, or the exception.
+_Done = Callable[[StreamPosition | None, BaseException | None, Frame | None], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,15 +128,18 @@ class Hub:
         # Broker subscribe/unsubscribe calls per topic, run one after the other, so a quick
         # unsubscribe + subscribe cannot end unsubscribed; subscribers await theirs.
         self._topic_ops: dict[str, asyncio.Task[None]] = {}
-        # Per channel: the last offset handed to local fan-out, and later ones waiting for a
-        # missing earlier one (publications of several nodes can cross on the way).
-        self.sequencer = Sequencer(
-            deliver=self._deliver_now,
-            listeners=self._listeners,
-            read=lambda key, since, limit: self.store.read(key, since, limit),
-            envelope=self._envelope,
+        # Which local session gets which frame of each stream, in offset order.
+        self.table = StreamTable(
+            deliver=self._deliver,
+            read=lambda topic, since, limit: self.store.read(topic, since, limit),
             spawn=self._spawn,
         )
+        # Every append goes through it: one store step per loop turn's worth of appends.
+        self.commits = GroupCommit(store, started=self._appends_started)
+        # Whether the store publishes each append itself, atomically (set at start).
+        self._atomic = False
+        # A broker that connects this node to no other: nothing to publish stream messages to.
+        self._solo = bool(getattr(broker, "solo", False))
         #: Whether handlers may start running outside a task (every backend in-process).
         self.eager = all(getattr(b, "eager_safe", True) for b in (store, broker, presence))
         s = self.settings
@@ -146,14 +153,29 @@ class Hub:
         # Sessions answer the built-in ping directly (unless an application replaces it).
         self._ping_route = self.router.get("ping")
 
+    # -- what sessions may ask (SessionHost) -------------------------------------------------
+
+    @property
+    def ping_route(self) -> Route | None:
+        return self._ping_route
+
+    def before_send(self, session: Session) -> None:
+        if self.local.batches:
+            self.local.send_pending_to(session)
+
+    def overflowed(self, session: Session) -> None:
+        self._on_overflow(session)
+
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
         if self._started:
             return
         await self.store.start()
+        publish_with = getattr(self.store, "publish_with", None)
+        self._atomic = bool(publish_with(self.broker)) if publish_with is not None else False
         await self.presence_registry.start(self.node_id, self._announce_leave)
-        await self.broker.start(self._on_broker_message)
+        await self.broker.start(self._on_broker_message, self.table.resync)
         await self.broker.subscribe(BROADCAST_TOPIC)
         self._started = True
         self._stopping = False
@@ -166,6 +188,7 @@ class Hub:
             return
         self._stopping = True
         await self.drain(timeout)
+        await self.commits.flush()
         await self._settle_tasks()
         await self.broker.close()
         await self.presence_registry.close()
@@ -279,17 +302,32 @@ class Hub:
 
     async def publish(self, channel: str, data: JSON, *, sender: str | None = None) -> int:
         """Publish ``data`` on ``channel``: store it in history, deliver it to every subscriber.
-        Returns the publication's offset."""
+        Returns the publication's offset, once it is durable."""
         body = _dumps({"channel": channel, "data": data, "timestamp": now_ms(), "from": sender})
-        key = channel_key(channel)
-        pos = await self.store.append(key, body, self.retention_for(channel))
-        frame = Frame(message_envelope(body, pos.offset))
+        pos, _ = await self._append_now(channel_stream(channel), body, self.retention_for(channel))
         self.stats.publications += 1
-        self.stats.out_by_type["message"] += self.sequencer.push(
-            key, pos.offset, frame, remote=False
-        )
-        await self.broker.publish(key, _offset_header.pack(pos.offset) + frame.data)
         return pos.offset
+
+    def publish_for(
+        self, session: Session, channel: str, data: JSON, *, msg_id: str | None = None
+    ) -> None:
+        """A client's ``publish``, pipelined: queued for the next group commit, its
+        ``published`` reply sent in its place in the connection's reply order once durable."""
+        body = _dumps(
+            {"channel": channel, "data": data, "timestamp": now_ms(), "from": session.user_id}
+        )
+        reply = session.reserve()
+
+        def done(pos: StreamPosition | None, exc: BaseException | None, _: Frame | None) -> None:
+            if pos is None:
+                session.fill(reply, self._error_frame(session, exc, msg_id))
+                return
+            self.stats.publications += 1
+            self.stats.out_by_type["published"] += 1
+            answer = {"channel": channel, "offset": pos.offset}
+            session.fill(reply, Frame(encode("published", answer, id=msg_id)))
+
+        self._append(channel_stream(channel), body, self.retention_for(channel), done)
 
     async def send_to_user(self, user_id: str, type_: str, payload: JSONObject) -> Delivery:
         """Send a message to every connection of a user; store it for later when none is live.
@@ -298,21 +336,69 @@ class Hub:
         if type_ in RESERVED_TYPES:
             raise ValueError(f"{type_!r} is a type the server itself sends")
         uid = UserId(user_id)
-        key = user_key(uid)
         envelope = _dumps({"type": type_, "payload": payload})
-        pos = await self.store.append(key, envelope, self._inbox)
-        frame = Frame(with_offset(envelope, pos.offset))
+        pos, _ = await self._append_now(user_stream(uid), envelope, self._inbox)
         self.stats.user_messages += 1
-        local = self.sequencer.push(key, pos.offset, frame, remote=False)
+        local = self.connection_count(uid)
         self.stats.out_by_type[type_] += local
-        await self.broker.publish(key, _offset_header.pack(pos.offset) + frame.data)
-        if local:
-            if self.sequencer.last.get(key, 0) >= pos.offset:  # handed over now, not held
-                await self.store.advance_cursor(key, pos.offset)
-            delivered = True
-        else:  # a node holding a connection of the user delivers it (and moves the cursor)
-            delivered = await self.presence_registry.connections(uid) > 0
+        delivered = local > 0 or (
+            not self._solo and await self.presence_registry.connections(uid) > 0
+        )
         return Delivery(delivered=delivered, queued=not delivered, offset=pos.offset)
+
+    def chat_for(
+        self, session: Session, recipient: str, message: str, *, msg_id: str | None = None
+    ) -> None:
+        """A client's ``chat``, pipelined like :meth:`publish_for`; ``chat_received`` follows
+        once the message is durable in the recipient's stream."""
+        uid = UserId(recipient)
+        message_id = uuid.uuid4().hex
+        timestamp = now_ms()
+        envelope = _dumps(
+            {
+                "type": "chat",
+                "payload": {
+                    "messageId": message_id,
+                    "from": session.user_id,
+                    "message": message,
+                    "timestamp": timestamp,
+                },
+            }
+        )
+        reply = session.reserve()
+
+        def answer(delivered: bool) -> Frame:
+            self.stats.out_by_type["chat_received"] += 1
+            body: JSONObject = {
+                "messageId": message_id,
+                "recipientId": recipient,
+                "delivered": delivered,
+                "queued": not delivered,
+                "timestamp": timestamp,
+            }
+            return Frame(encode("chat_received", body, id=msg_id))
+
+        async def ask_presence() -> None:
+            try:
+                online = await self.presence_registry.connections(uid) > 0
+            except Exception as exc:
+                session.fill(reply, self._error_frame(session, exc, msg_id))
+                return
+            session.fill(reply, answer(online))
+
+        def done(pos: StreamPosition | None, exc: BaseException | None, _: Frame | None) -> None:
+            if pos is None:
+                session.fill(reply, self._error_frame(session, exc, msg_id))
+                return
+            self.stats.user_messages += 1
+            local = self.connection_count(uid)
+            self.stats.out_by_type["chat"] += local
+            if local or self._solo:
+                session.fill(reply, answer(local > 0))
+            else:
+                self._spawn(ask_presence())
+
+        self._append(user_stream(uid), envelope, self._inbox, done)
 
     async def notify_user(
         self,
@@ -331,7 +417,8 @@ class Hub:
         frame = Frame(encode("system_message", {"message": message, "timestamp": now_ms()}))
         count = self.local.broadcast(frame, list(self.sessions.values()))
         self.stats.out_by_type["system_message"] += count
-        await self.broker.publish(BROADCAST_TOPIC, _offset_header.pack(0) + frame.data)
+        if not self._solo:
+            await self.broker.publish(BROADCAST_TOPIC, pack(0, frame.data))
         return count
 
     async def is_user_connected(self, user_id: str) -> bool:
@@ -360,7 +447,7 @@ class Hub:
         self, channel: str, since: int = 0, limit: int | None = None
     ) -> tuple[list[JSONObject], StreamPosition]:
         """Stored publications of ``channel`` after offset ``since``, oldest first."""
-        messages, pos = await self.store.read(channel_key(channel), since, limit)
+        messages, pos = await self.store.read(channel_stream(channel).topic, since, limit)
         out = []
         for m in messages:
             item: JSONObject = orjson.loads(m.data)
@@ -434,10 +521,7 @@ class Hub:
         self._idle.clear()
         self.stats.connections_opened += 1
         if self.settings.require_auth:
-            loop = asyncio.get_running_loop()
-            session._auth_timer = loop.call_later(
-                self.settings.auth_timeout / 1000, self._auth_deadline, session
-            )
+            session.arm_auth_deadline(self.settings.auth_timeout / 1000, self._auth_deadline)
         session.log.debug("connected from %s", remote)
         return session
 
@@ -469,20 +553,20 @@ class Hub:
                 self._per_ip[ip] = left
             else:
                 self._per_ip.pop(ip, None)
-        if session._auth_timer is not None:
-            session._auth_timer.cancel()
-            session._auth_timer = None
+        session.detach()
         for channel in list(session.channels):
             self._leave_channel(session, channel)
         uid = session.user_id
         if uid is not None:
+            key = user_stream(uid)
+            self.table.drop(session, key)
             users = self._users.get(uid)
             if users is not None:
                 users.discard(session)
                 if not users:
                     del self._users[uid]
-                    self._topic_op(user_key(uid), self.broker.unsubscribe)
-                    self.sequencer.forget(user_key(uid))
+                    self._topic_op(key.topic, self.broker.unsubscribe)
+                    self.table.close(key)
             self._spawn(self.presence_registry.disconnect(uid, session.id))
         self.stats.connections_closed += 1
         session.log.debug("disconnected")
@@ -501,14 +585,17 @@ class Hub:
         msg_id: str | None = None,
     ) -> None:
         """Bind a connection to a user and send what the user's stream holds for it:
-        undelivered messages (no ``since``) or everything after ``since``."""
+        undelivered messages (no ``since``) or everything after ``since``.
+
+        The connection may close during any ``await`` here; after each one nothing is
+        registered for a closed connection (no user, no presence entry left behind)."""
         current = session.principal
         if current is not None:
             if current.user_id != principal.user_id:
                 raise AuthFailed("This connection is already authenticated as another user")
             session.principal = principal  # a refreshed token: new claims, same stream
             if since is None:
-                pos = await self.store.position(user_key(principal.user_id))
+                pos = await self.store.position(user_stream(principal.user_id).topic)
                 session.send("authenticated", self._auth_payload(session, pos, None), id=msg_id)
             else:  # e.g. authenticated at the handshake, now asking to resume exactly
                 await self._catch_up_user(session, principal.user_id, since, epoch, msg_id)
@@ -518,24 +605,28 @@ class Hub:
             raise Forbidden(
                 f"Too many connections for this user ({self.settings.max_connections_per_user})"
             )
-        key = user_key(uid)
+        if not session.open:
+            return
+        key = user_stream(uid)
         session.principal = principal
-        if session._auth_timer is not None:
-            session._auth_timer.cancel()
-            session._auth_timer = None
-        # Live messages from the moment the session is registered wait for the replay.
-        session.hold_live(key)
+        session.disarm_auth_deadline()
         users = self._users.get(uid)
         if users is None:
             users = self._users[uid] = set()
-            self._topic_op(key, self.broker.subscribe)
+            self._topic_op(key.topic, self.broker.subscribe)
         users.add(session)
+        # Live messages from the moment the session is registered wait for the replay.
+        self.table.hold(session, key)
         try:
-            await self._topic_ready(key)
+            await self._topic_ready(key.topic)
             await self.presence_registry.connect(uid, session.id)
         except BaseException:
-            session.release_live(key)
+            self.table.drop(session, key)
             raise
+        if not session.open:
+            # close_session ran during the awaits; its disconnect may have gone first
+            self._spawn(self.presence_registry.disconnect(uid, session.id))
+            return
         await self._catch_up_user(session, uid, since, epoch, msg_id)
 
     async def _catch_up_user(
@@ -548,21 +639,23 @@ class Hub:
     ) -> None:
         """Reply ``authenticated`` and send the user's stream from the delivery cursor (or from
         ``since``), holding back live messages until the replay is out."""
-        key = user_key(uid)
-        session.hold_live(key)
+        key = user_stream(uid)
+        self.table.hold(session, key)
         try:
-            start = since if since is not None else await self.store.cursor(key)
+            start = since if since is not None else await self.store.cursor(key.topic)
             messages, pos, recovered = await read_gap(
-                self.store, key, start, epoch, resuming=since is not None
+                self.store, key.topic, start, epoch, resuming=since is not None
             )
         except BaseException:
-            session.release_live(key)
+            self.table.drop(session, key)
             raise
+        if not session.open:
+            self.table.drop(session, key)
+            return
         session.send("authenticated", self._auth_payload(session, pos, recovered), id=msg_id)
-        last = session.replay(key, pos, messages, with_offset)
-        self.sequencer.caught_up(key, max(pos.offset, last))
+        last = self.table.release(session, key, pos, messages, session.send_frame)
         if last:
-            await self.store.advance_cursor(key, last)
+            self.commits.advance_cursor(key.topic, last)
 
     async def subscribe(
         self,
@@ -574,45 +667,48 @@ class Hub:
         msg_id: str | None = None,
     ) -> None:
         await self.policy.check_subscribe(session.principal, channel)
-        key = channel_key(channel)
+        if not session.open:
+            return
+        key = channel_stream(channel)
         already = channel in session.channels
-        session.hold_live(key)
         if not already:
             if len(session.channels) >= self.settings.max_subscriptions:
-                session.release_live(key)
                 raise Forbidden(
                     f"Subscription limit reached ({self.settings.max_subscriptions} channels)"
                 )
             subscribers = self._channels.get(channel)
             if subscribers is None:
                 subscribers = self._channels[channel] = set()
-                self._topic_op(key, self.broker.subscribe)
+                self._topic_op(key.topic, self.broker.subscribe)
             self.local.flush_channel(channel)
             subscribers.add(session)
             session.channels.add(channel)
+        self.table.hold(session, key)
         try:
             # The node must hear other nodes' publications before the stream is read, or one
             # made in between would be neither replayed nor delivered.
-            await self._topic_ready(key)
+            await self._topic_ready(key.topic)
             messages: Sequence[StoredMessage] = ()
             recovered: bool | None = None
             if since is None:
-                pos = await self.store.position(key)
+                pos = await self.store.position(key.topic)
             else:
                 messages, pos, recovered = await read_gap(
-                    self.store, key, since, epoch, resuming=True
+                    self.store, key.topic, since, epoch, resuming=True
                 )
         except BaseException:
-            session.release_live(key)
-            if not already:
+            self.table.drop(session, key)
+            if not already and session.open:
                 self._leave_channel(session, channel)
             raise
+        if not session.open:  # closed meanwhile: close_session left the channel for it
+            self.table.drop(session, key)
+            return
         payload: JSONObject = {"channel": channel, "offset": pos.offset, "epoch": pos.epoch}
         if recovered is not None:
             payload["recovered"] = recovered
-        self.sequencer.caught_up(key, pos.offset)
         session.send("subscribed", payload, id=msg_id)
-        session.replay(key, pos, messages, message_envelope)
+        self.table.release(session, key, pos, messages, session.send_frame)
         if not already and channel_kind(channel) is ChannelKind.PRESENCE:
             await self._presence_join(channel, session)
 
@@ -635,26 +731,32 @@ class Hub:
         frame = Frame(encode(type_, payload))
         for s in list(self._channels.get(channel, ())):
             s.send_frame(frame)
-        self._spawn(self.broker.publish(channel_key(channel), _offset_header.pack(0) + frame.data))
+        if not self._solo:
+            self._spawn(self.broker.publish(channel_stream(channel).topic, pack(0, frame.data)))
 
     def _leave_channel(self, session: Session, channel: str) -> None:
         self.local.flush_channel(channel)
         session.channels.discard(channel)
-        session.forget_stream(channel_key(channel))
+        key = channel_stream(channel)
+        self.table.drop(session, key)
         subscribers = self._channels.get(channel)
         if subscribers is not None:
             subscribers.discard(session)
             if not subscribers:
                 del self._channels[channel]
-                self._topic_op(channel_key(channel), self.broker.unsubscribe)
-                self.sequencer.forget(channel_key(channel))
+                self._topic_op(key.topic, self.broker.unsubscribe)
+                self.table.close(key)
         if channel_kind(channel) is ChannelKind.PRESENCE and session.user_id is not None:
             self._spawn(self._presence_leave(channel, session.user_id, session.id))
 
     async def _presence_join(self, channel: str, session: Session) -> None:
         uid = session.user_id
-        if uid is not None and await self.presence_registry.join(channel, uid, session.id):
+        if uid is None or not await self.presence_registry.join(channel, uid, session.id):
+            return
+        if session.open and channel in session.channels:
             self._channel_event(channel, "presence_join", {"channel": channel, "userId": uid})
+        else:  # left (or closed) while joining: its leave may have run before the join
+            await self._presence_leave(channel, uid, session.id)
 
     async def _presence_leave(self, channel: str, uid: UserId, conn_id: str) -> None:
         if await self.presence_registry.leave(channel, uid, conn_id):
@@ -688,46 +790,100 @@ class Hub:
         session.close(CloseCode.TRY_AGAIN_LATER, "slow consumer", drain=False)
 
     def _auth_deadline(self, session: Session) -> None:
-        session._auth_timer = None
         if session.principal is None and session.open:
             session.log.info("closing: not authenticated in time")
             session.close(CloseCode.POLICY_VIOLATION, "authentication required")
 
-    def _on_broker_message(self, topic: str, data: bytes) -> None:
-        """A message another node published: deliver it to this node's connections."""
-        (offset,) = _offset_header.unpack_from(data)
-        frame = Frame(data[_offset_header.size :])
-        if topic == BROADCAST_TOPIC:
-            self.local.broadcast(frame, list(self.sessions.values()))
-        elif topic.startswith("c:"):
-            channel = topic[2:]
-            if offset:
-                self.sequencer.push(topic, offset, frame, remote=True)
+    def _error_frame(
+        self, session: Session, exc: BaseException | None, msg_id: str | None
+    ) -> Frame:
+        """The ``error`` reply for a pipelined message whose work failed."""
+        self.stats.errors_sent += 1
+        self.stats.out_by_type["error"] += 1
+        if isinstance(exc, BackendUnavailable):
+            self.stats.backend_errors += 1
+            session.log.warning("backend unavailable: %s", exc)
+            body = {"code": ErrorCode.INTERNAL_ERROR, "message": "Service temporarily unavailable"}
+        else:
+            session.log.error("append failed", exc_info=exc)
+            body = {"code": ErrorCode.INTERNAL_ERROR, "message": "Internal server error"}
+        return Frame(encode("error", body, id=msg_id))
+
+    # -- appends and delivery --------------------------------------------------------------
+
+    def _append(self, key: StreamKey, body: bytes, retention: Retention, done: _Done) -> None:
+        """Queue ``body`` for ``key``'s stream in the next group commit. Once durable it is
+        delivered here (in offset order), published to the other nodes, and ``done`` is told."""
+        topic = key.topic
+
+        def committed(pos: StreamPosition | None, exc: BaseException | None) -> None:
+            if pos is None:
+                self.table.committed(topic, 0, None)
+                done(None, exc, None)
+                return
+            frame = Frame(key.frame_data(body, pos.offset))
+            self.table.committed(topic, pos.offset, frame)
+            if not self._atomic and not self._solo:
+                self._spawn(self.broker.publish(topic, pack(pos.offset, body)))
+            done(pos, None, frame)
+
+        self.commits.append(
+            Append(topic, body, retention, topic if self._atomic else None), committed
+        )
+
+    async def _append_now(
+        self, key: StreamKey, body: bytes, retention: Retention
+    ) -> tuple[StreamPosition, Frame]:
+        future: asyncio.Future[tuple[StreamPosition, Frame]] = (
+            asyncio.get_running_loop().create_future()
+        )
+
+        def done(
+            pos: StreamPosition | None, exc: BaseException | None, frame: Frame | None
+        ) -> None:
+            if future.done():
+                return
+            if pos is None or frame is None:
+                future.set_exception(exc or BackendUnavailable("append failed"))
             else:
-                for s in list(self._channels.get(channel, ())):
-                    s.send_frame(frame)
-        elif topic.startswith("u:"):
-            self.sequencer.push(topic, offset, frame, remote=True)
+                future.set_result((pos, frame))
 
-    def _deliver_now(self, key: str, offset: int, frame: Frame, remote: bool) -> int:
-        """Hand one frame of a stream to this node's listeners (called in offset order)."""
-        if key.startswith("c:"):
-            return self.local.fanout(key, key[2:], offset, frame, remote=remote)
-        uid = UserId(key[2:])
-        if not self.local.deliver_user(uid, key, offset, frame, remote=remote):
-            return 0
-        if remote:  # a local send_to_user advances the cursor itself, awaited
-            self._spawn(self.store.advance_cursor(key, offset))
-        return self.connection_count(uid)
+        self._append(key, body, retention, done)
+        return await future
 
-    def _listeners(self, key: str) -> int:
-        if key.startswith("c:"):
-            return len(self._channels.get(key[2:], ()))
-        return len(self._users.get(UserId(key[2:]), ()))
+    def _appends_started(self, appends: list[Append]) -> None:
+        table = self.table
+        for item in appends:
+            table.submitted(item.stream)
 
-    @staticmethod
-    def _envelope(key: str, data: bytes, offset: int) -> bytes:
-        return message_envelope(data, offset) if key.startswith("c:") else with_offset(data, offset)
+    def _deliver(self, state: StreamState, offset: int, frame: Frame) -> None:
+        """Hand one frame of a stream to this node's listeners (the table calls it in offset
+        order); a user's delivery cursor follows what a live connection was handed."""
+        if state.key.is_channel:
+            self.stats.out_by_type["message"] += self.local.fanout(state, offset, frame)
+        elif self.local.deliver_user(state, offset, frame):
+            self.commits.advance_cursor(state.key.topic, offset)
+
+    def _on_broker_message(self, topic: str, data: bytes) -> None:
+        """A message published by another node (or by the store for this one)."""
+        try:
+            offset, body = unpack(data)
+        except ValueError:
+            logger.warning("dropping a malformed broker message on %r", topic)
+            return
+        if topic == BROADCAST_TOPIC:
+            self.local.broadcast(Frame(body), list(self.sessions.values()))
+            return
+        if offset:
+            state = self.table.get(topic)
+            if state is not None:
+                self.table.received(topic, offset, Frame(state.key.frame_data(body, offset)))
+            return
+        key = parse_topic(topic)  # an ephemeral channel event (presence)
+        if key is not None and key.is_channel:
+            frame = Frame(body)
+            for s in list(self._channels.get(key.name, ())):
+                s.send_frame(frame)
 
     def _topic_op(self, topic: str, operation: Callable[[str], Awaitable[None]]) -> None:
         previous = self._topic_ops.get(topic)

@@ -35,6 +35,11 @@ class Route:
     model: builtins.type[BaseModel]
     requires_auth: bool
     summary: str
+    #: Whether the handler queues its work and returns at once (built-in ``publish``, ``chat``):
+    #: the connection's next message is then handled without waiting for it; its reply keeps
+    #: its place (:class:`~wshub.core.session.Reply`). Other handlers run once the replies of
+    #: the messages before them are out.
+    pipelined: bool = False
 
     def validate(self, payload: JSONObject) -> BaseModel:
         if self.model is EmptyPayload:  # nothing to check: every field is ignored
@@ -62,6 +67,7 @@ class Router:
         model: type[BaseModel] | None = None,
         requires_auth: bool = False,
         replace: bool = False,
+        pipelined: bool = False,
     ) -> Route:
         """Register ``handler`` for ``type_``. Without ``model`` it is read from the annotation of
         the handler's second parameter (no annotation: the payload must be empty)."""
@@ -77,6 +83,7 @@ class Router:
             model=model or _payload_model(handler),
             requires_auth=requires_auth,
             summary=inspect.cleandoc(handler.__doc__ or "").split("\n\n")[0],
+            pipelined=pipelined,
         )
         self._routes[type_] = route
         return route

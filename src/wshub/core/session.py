@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine, MutableMapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections import deque
+from collections.abc import Callable, Coroutine, MutableMapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import (
     BackendUnavailable,
@@ -14,24 +16,54 @@ from ..errors import (
     UnknownType,
 )
 from ..protocol import CloseCode, ErrorCode, Frame, decode, encode, now_ms
-from ..types import (
-    ConnectionId,
-    JSONObject,
-    Principal,
-    StoredMessage,
-    StreamPosition,
-    UserId,
-)
+from ..types import ConnectionId, JSONObject, Principal, UserId
 from .ratelimit import TokenBucket
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
+    from ..config import Settings
     from ..interfaces import Connection
     from .hub import Hub
-    from .router import Route
+    from .router import Route, Router
+    from .stats import HubStats
 
-__all__ = ["Context", "Session"]
+__all__ = ["Context", "Reply", "Session", "SessionHost"]
+
+
+class SessionHost(Protocol):
+    """What a session may ask of the hub that owns it, and nothing more."""
+
+    settings: Settings
+    stats: HubStats
+    router: Router
+
+    @property
+    def ping_route(self) -> Route | None:
+        """The built-in ``ping`` route (answered without a handler), unless replaced."""
+        ...
+
+    def before_send(self, session: Session) -> None:
+        """Called before a frame goes to ``session`` directly: the host sends it what is queued
+        for it first (this turn's channel publications), so its frames keep their order."""
+        ...
+
+    def overflowed(self, session: Session) -> None:
+        """``session``'s outbound limit was hit: apply the overflow policy."""
+        ...
+
+
+class Reply:
+    """A place in a connection's reply order, reserved when a message is handled and filled
+    when its work completes (a publication's commit): replies go out in handling order even
+    when later messages are answered first."""
+
+    __slots__ = ("frames", "ready")
+
+    def __init__(self) -> None:
+        self.frames: list[Frame] = []
+        self.ready = False
+
 
 logger = logging.getLogger("wshub.session")
 
@@ -63,8 +95,8 @@ class Session:
         "_auth_failures",
         "_auth_timer",
         "_bucket",
-        "_floors",
-        "_recovering",
+        "_drained",
+        "_replies",
         "channels",
         "conn",
         "headers",
@@ -79,7 +111,7 @@ class Session:
 
     def __init__(
         self,
-        hub: Hub,
+        hub: Hub,  # the application's handle (ctx.hub); the session itself uses SessionHost
         conn: Connection,
         *,
         id: ConnectionId,
@@ -96,13 +128,10 @@ class Session:
         self.open = True
         settings = hub.settings
         self._bucket = TokenBucket(settings.rate_limit, settings.rate_burst)
-        # Streams being caught up: live frames for them wait here, with their offsets, until the
-        # replay has been sent (see Hub._catch_up).
-        self._recovering: dict[str, list[tuple[int, Frame]]] = {}
-        # Per stream: the offset a catch-up brought this connection to. Frames from other
-        # nodes at or below it were in the replay already.
-        self._floors: dict[str, int] = {}
-        self._auth_timer: Any = None
+        # Replies in handling order, while some of them wait for their work (see Reply).
+        self._replies: deque[Reply] | None = None
+        self._drained: asyncio.Future[None] | None = None
+        self._auth_timer: asyncio.TimerHandle | None = None
         self._auth_failures = 0
         self.ip: str | None = None
         self.log = _SessionLog(self)
@@ -124,20 +153,89 @@ class Session:
     # -- sending ---------------------------------------------------------------------------
 
     def send_frame(self, frame: Frame) -> None:
+        """Send one frame now (not a reply: it does not wait behind pending replies)."""
         if self.open:
-            hub = self.hub
-            local = hub.local
-            if local.batches and self.channels:  # keep order with this turn's publications
-                local.send_pending_to(self)
+            host = self.hub
+            if self.channels:  # keep order with this turn's publications
+                host.before_send(self)
             if not self.conn.send(frame):
-                hub._on_overflow(self)
+                host.overflowed(self)
 
     def send(
         self, type_: str, payload: JSONObject, *, id: str | None = None, offset: int | None = None
     ) -> None:
-        """Encode and send one message to this connection only."""
+        """Encode and send one reply to this connection only, behind the replies still pending."""
         self.hub.stats.out_by_type[type_] += 1
-        self.send_frame(Frame(encode(type_, payload, id=id, offset=offset)))
+        frame = Frame(encode(type_, payload, id=id, offset=offset))
+        if self._replies:
+            reply = self.reserve()
+            reply.frames.append(frame)
+            reply.ready = True
+        else:
+            self.send_frame(frame)
+
+    def reserve(self) -> Reply:
+        """Reserve the next place in the reply order; :meth:`fill` it later."""
+        reply = Reply()
+        if self._replies is None:
+            self._replies = deque()
+        self._replies.append(reply)
+        return reply
+
+    def fill(self, reply: Reply, *frames: Frame) -> None:
+        """``reply``'s frames are ready: send them, and every ready reply behind them, in
+        order, as soon as the replies before them are out."""
+        reply.frames.extend(frames)
+        reply.ready = True
+        replies = self._replies
+        while replies and replies[0].ready:
+            for frame in replies.popleft().frames:
+                self.send_frame(frame)
+        if not replies:
+            self._replies = None
+            drained = self._drained
+            if drained is not None:
+                self._drained = None
+                if not drained.done():
+                    drained.set_result(None)
+
+    async def _after_replies(self, pending: Coroutine[Any, Any, None]) -> None:
+        """Run ``pending`` (a handler) once every reply before it is out: a message that is not
+        pipelined sees the effects of the messages handled before it."""
+        try:
+            while self._replies and self.open:
+                if self._drained is None:
+                    self._drained = asyncio.get_running_loop().create_future()
+                await self._drained
+        except BaseException:
+            pending.close()
+            raise
+        if self.open:
+            await pending
+        else:
+            pending.close()
+
+    def detach(self) -> None:
+        """The hub forgot this connection (its transport closed): nothing more goes out, and a
+        handler waiting for earlier replies gives up."""
+        self.open = False
+        self.disarm_auth_deadline()
+        self._replies = None
+        drained = self._drained
+        if drained is not None:
+            self._drained = None
+            if not drained.done():
+                drained.set_result(None)
+
+    def arm_auth_deadline(self, seconds: float, expired: Callable[[Session], None]) -> None:
+        """Call ``expired(self)`` after ``seconds`` unless :meth:`disarm_auth_deadline` first."""
+        self.disarm_auth_deadline()
+        self._auth_timer = asyncio.get_running_loop().call_later(seconds, expired, self)
+
+    def disarm_auth_deadline(self) -> None:
+        if self._auth_timer is not None:
+            self._auth_timer.cancel()
+            self._auth_timer = None
 
     def send_error(self, code: str, message: str, *, id: str | None = None) -> None:
         self.hub.stats.errors_sent += 1
@@ -148,9 +246,7 @@ class Session:
         if not self.open:
             return
         self.open = False
-        if self._auth_timer is not None:
-            self._auth_timer.cancel()
-            self._auth_timer = None
+        self.disarm_auth_deadline()
         self.conn.close(code, reason, drain=drain)
 
     # -- receiving -------------------------------------------------------------------------
@@ -185,7 +281,7 @@ class Session:
             self._rate_limited(msg_id)
             return None
         route = hub.router.get(type_)
-        if route is hub._ping_route:  # the built-in keepalive: no payload, context or await
+        if route is hub.ping_route:  # the built-in keepalive: no payload, context or await
             stats.in_by_type[type_] += 1
             self.send("pong", {"timestamp": now_ms()}, id=msg_id)
             return None
@@ -206,7 +302,22 @@ class Session:
             self.log.exception("failed before the handler")
             self.send_error(ErrorCode.INTERNAL_ERROR, "Internal server error", id=msg_id)
             return None
-        return self._handle(route, Context(self, type_, msg_id), validated)
+        handling = self._handle(route, Context(self, type_, msg_id), validated)
+        if self._replies and not route.pipelined:
+            return self._after_replies(handling)
+        return handling
+
+    def charge(self) -> bool:
+        """Charge one token of this connection's rate limit for work that is not a message
+        (a control frame, a fragment): ``True`` while within the limit. Past it the frame is
+        not worth answering; once abuse persists the connection is closed with 1008 (and
+        ``False`` is returned too)."""
+        if self._bucket.take():
+            return True
+        if self._bucket.abusive and self.open:
+            self.log.warning("closing: persistent rate-limit abuse (control frames)")
+            self.close(CloseCode.POLICY_VIOLATION, "rate limit exceeded", drain=False)
+        return False
 
     def _rate_limited(self, msg_id: str | None) -> None:
         """A message over the rate limit: an error, or the connection closed for abuse."""
@@ -237,42 +348,6 @@ class Session:
             self.send_error(ErrorCode.INTERNAL_ERROR, "Internal server error", id=ctx.id)
         finally:
             hub.stats.observe_handler(time.perf_counter() - started)
-
-    # -- catching up a stream ------------------------------------------------------------------
-
-    def hold_live(self, key: str) -> None:
-        """From now on, live frames of stream ``key`` wait (with their offsets) for
-        :meth:`replay`: a catch-up is starting."""
-        self._recovering.setdefault(key, [])
-
-    def release_live(self, key: str) -> None:
-        """The catch-up of ``key`` failed: drop what was held."""
-        self._recovering.pop(key, None)
-
-    def replay(
-        self,
-        key: str,
-        pos: StreamPosition,
-        messages: Sequence[StoredMessage],
-        envelope: Callable[[bytes, int], bytes],
-    ) -> int:
-        """Send stored ``messages``, then the live frames held meanwhile that are newer than
-        ``pos``; end the catch-up. Returns the last offset sent (0 if none)."""
-        last = 0
-        for m in messages:
-            self.send_frame(Frame(envelope(m.data, m.offset)))
-            last = m.offset
-        for offset, frame in self._recovering.pop(key, ()):
-            if offset > pos.offset and offset > last:
-                self.send_frame(frame)
-                last = offset
-        self._floors[key] = max(pos.offset, last)
-        return last
-
-    def forget_stream(self, key: str) -> None:
-        """No longer following ``key`` (unsubscribed): drop its catch-up state and floor."""
-        self._recovering.pop(key, None)
-        self._floors.pop(key, None)
 
     def auth_failed(self) -> None:
         """Count a failed ``authenticate``; past ``WS_MAX_AUTH_ATTEMPTS`` the connection closes."""

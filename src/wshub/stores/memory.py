@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
-from ..interfaces import Retention
+from ..brokers.memory import MemoryBroker, MemoryBus
+from ..interfaces import Append, Broker, Retention
 from ..types import StoredMessage, StreamPosition
 
 __all__ = ["MemoryStore"]
@@ -30,6 +31,32 @@ class MemoryStore:
         self._streams: dict[str, _Stream] = {}
         self._cursors: dict[str, int] = {}
         self.epoch = uuid.uuid4().hex[:12]
+        # The bus of the in-process brokers it publishes on (one per shared store).
+        self._bus: MemoryBus | None = None
+
+    def publish_with(self, broker: Broker) -> bool:
+        """Yes for a :class:`MemoryBroker` on a bus: appends are published to every broker on
+        it (the appending node's too: its hub drops what it delivered already) before the next
+        append runs, which is what makes them atomic here."""
+        bus = broker.bus if isinstance(broker, MemoryBroker) else None
+        if bus is None or (self._bus is not None and self._bus is not bus):
+            return False
+        self._bus = bus
+        return True
+
+    async def append_batch(
+        self, appends: Sequence[Append], cursors: Mapping[str, int] | None = None
+    ) -> list[StreamPosition | Exception]:
+        results: list[StreamPosition | Exception] = []
+        bus = self._bus
+        for item in appends:
+            pos = self._append(item.stream, item.data, item.retention)
+            results.append(pos)
+            if item.topic is not None and bus is not None:
+                bus.deliver(item.topic, b"%d:%s" % (pos.offset, item.data))
+        for stream, offset in (cursors or {}).items():
+            self._advance(stream, offset)
+        return results
 
     async def start(self) -> None:
         return None
@@ -45,6 +72,9 @@ class MemoryStore:
                 items.popleft()
 
     async def append(self, stream: str, data: bytes, retention: Retention) -> StreamPosition:
+        return self._append(stream, data, retention)
+
+    def _append(self, stream: str, data: bytes, retention: Retention) -> StreamPosition:
         s = self._streams.get(stream)
         if s is None:
             s = self._streams[stream] = _Stream()
@@ -83,5 +113,9 @@ class MemoryStore:
         return self._cursors.get(stream, 0)
 
     async def advance_cursor(self, stream: str, offset: int) -> None:
-        if offset > self._cursors.get(stream, 0):
+        self._advance(stream, offset)
+
+    def _advance(self, stream: str, offset: int) -> None:
+        s = self._streams.get(stream)
+        if s is not None and offset <= s.offset and offset > self._cursors.get(stream, 0):
             self._cursors[stream] = offset

@@ -26,16 +26,17 @@ these keys (``maxmemory-policy noeviction``).
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from ..errors import BackendUnavailable
-from ..interfaces import Retention
+from ..interfaces import Append, Broker, Retention
 from ..redis_support import Batcher, check_prefix, connect_redis, describe, ping, redis_errors
 from ..types import StoredMessage, StreamPosition
 
@@ -69,7 +70,9 @@ local function drop_expired_head(now)
 end
 """
 
-# ARGV[3] = item, [4] = size (-1: no limit), [5] = now (ms), [6] = ttl (ms, -1: none).
+# ARGV[3] = item, [4] = size (-1: no limit), [5] = now (ms), [6] = ttl (ms, -1: none),
+# [7] = the broker channel to publish on ('' for none), [8] = the publishing node's broker tag.
+# The published message is <tag><offset>:<data> (wshub.core.streams.pack behind the tag).
 _APPEND = (
     _PRELUDE
     + """
@@ -89,6 +92,10 @@ else
     local left = redis.call('PTTL', msgs)
     if n == 1 or (left >= 0 and left < ttl) then redis.call('PEXPIRE', msgs, ttl) end
   end
+end
+if ARGV[7] ~= '' then  -- publish with the offset in the same step: nodes get offset order
+  local bar = string.find(ARGV[3], '|', 1, true)
+  redis.call('PUBLISH', ARGV[7], ARGV[8] .. top .. ':' .. string.sub(ARGV[3], bar + 1))
 end
 return {top, epoch}
 """
@@ -167,6 +174,8 @@ class RedisStore:
         self._client: Redis | None = None
         self._batcher: Batcher | None = None
         self._scripts: dict[str, AsyncScript] = {}
+        # (broker channel prefix, node tag) when appends publish too (see publish_with).
+        self._publish: tuple[bytes, bytes] | None = None
 
     def keys(self, stream: str) -> tuple[str, str]:
         """The stream's hash and list keys."""
@@ -206,15 +215,53 @@ class RedisStore:
     # -- Store ---------------------------------------------------------------------------------
 
     async def append(self, stream: str, data: bytes, retention: Retention) -> StreamPosition:
+        (result,) = await self.append_batch([Append(stream, data, retention)])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def publish_with(self, broker: Broker) -> bool:
+        """Yes for a :class:`RedisBroker` on the same Redis: the append script publishes."""
+        from ..brokers.redis import RedisBroker
+
+        if not isinstance(broker, RedisBroker) or broker.url != self.url:
+            return False
+        self._publish = (broker.channel_prefix, broker.tag)
+        return True
+
+    async def append_batch(
+        self, appends: Sequence[Append], cursors: Mapping[str, int] | None = None
+    ) -> list[StreamPosition | Exception]:
+        """Every append (and cursor) pipelined in one round trip (each a script: atomic on its
+        own, and with :meth:`publish_with` publishing in the same step)."""
+        batcher = self._running()
         now = self._clock()
-        ttl = retention.ttl
-        expires = b"" if ttl is None else b"%d" % int((now + ttl) * 1000)
-        size = -1 if retention.size is None else retention.size
-        ttl_ms = -1 if ttl is None else max(1, int(ttl * 1000))
-        reply = await self._call(
-            "append", stream, expires + b"|" + data, size, int(now * 1000), ttl_ms
-        )
-        return StreamPosition(int(reply[0]), reply[1].decode())
+        now_ms = int(now * 1000)
+        script = self._scripts["append"]
+        prefix, tag = self._publish or (b"", b"")
+        futures = []
+        for a in appends:
+            ttl = a.retention.ttl
+            expires = b"" if ttl is None else b"%d" % int((now + ttl) * 1000)
+            size = -1 if a.retention.size is None else a.retention.size
+            ttl_ms = -1 if ttl is None else max(1, int(ttl * 1000))
+            channel = prefix + a.topic.encode() if a.topic is not None and prefix else b""
+            args = [uuid.uuid4().hex[:12], self._unwritten_ttl_ms, expires + b"|" + a.data]
+            args += [size, now_ms, ttl_ms, channel, tag]
+            futures.append(batcher.script_nowait(script, self.keys(a.stream), args))
+        for stream, offset in (cursors or {}).items():
+            meta, _ = self.keys(stream)
+            futures.append(batcher.script_nowait(self._scripts["advance"], [meta], [offset]))
+        replies = await asyncio.gather(*futures, return_exceptions=True)
+        results: list[StreamPosition | Exception] = []
+        for reply in replies[: len(appends)]:
+            if isinstance(reply, Exception):
+                results.append(reply)
+            elif isinstance(reply, BaseException):
+                raise reply
+            else:
+                results.append(StreamPosition(int(reply[0]), reply[1].decode()))
+        return results
 
     async def read(
         self, stream: str, since: int, limit: int | None = None

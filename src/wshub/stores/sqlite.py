@@ -22,12 +22,12 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..errors import BackendUnavailable
-from ..interfaces import Retention
+from ..interfaces import Append, Broker, Retention
 from ..types import StoredMessage, StreamPosition
 
 __all__ = ["SQLiteStore", "path_from_url", "synchronous_from_url"]
@@ -145,34 +145,79 @@ class SQLiteStore:
     # -- Store -----------------------------------------------------------------------------
 
     async def append(self, stream: str, data: bytes, retention: Retention) -> StreamPosition:
-        expires = None if retention.ttl is None else self._clock() + retention.ttl
-        size = retention.size
-
-        def op(db: sqlite3.Connection) -> StreamPosition:
-            row = db.execute("SELECT top, epoch FROM streams WHERE name = ?", (stream,)).fetchone()
-            if row is None:
-                offset, epoch = 1, self.epoch
-                db.execute(
-                    "INSERT INTO streams (name, top, epoch) VALUES (?, ?, ?)",
-                    (stream, offset, epoch),
-                )
-            else:
-                offset, epoch = row[0] + 1, row[1]
-                db.execute("UPDATE streams SET top = ? WHERE name = ?", (offset, stream))
-            if size != 0:
-                db.execute(
-                    "INSERT INTO messages (stream, offset, expires, data) VALUES (?, ?, ?, ?)",
-                    (stream, offset, expires, data),
-                )
-                if size is not None and offset > size:
-                    db.execute(
-                        "DELETE FROM messages WHERE stream = ? AND offset <= ?",
-                        (stream, offset - size),
-                    )
-            return StreamPosition(offset, epoch)
-
-        result: StreamPosition = await self._submit(op)
+        (result,) = await self.append_batch([Append(stream, data, retention)])
+        if isinstance(result, Exception):
+            raise result
         return result
+
+    def publish_with(self, broker: Broker) -> bool:
+        """No: SQLite cannot publish; the hub publishes after the commit."""
+        return False
+
+    async def append_batch(
+        self, appends: Sequence[Append], cursors: Mapping[str, int] | None = None
+    ) -> list[StreamPosition | Exception]:
+        """Every append (and cursor) as one operation of the writer thread, so in one
+        transaction with whatever else is waiting: one commit, one fsync."""
+        now = self._clock()
+        items = [
+            (
+                a.stream,
+                a.data,
+                a.retention.size,
+                None if a.retention.ttl is None else now + a.retention.ttl,
+            )
+            for a in appends
+        ]
+        advance = list((cursors or {}).items())
+
+        def op(db: sqlite3.Connection) -> list[StreamPosition | Exception]:
+            results: list[StreamPosition | Exception] = []
+            for stream, data, size, expires in items:
+                try:
+                    db.execute("SAVEPOINT item")
+                    results.append(self._append(db, stream, data, size, expires))
+                    db.execute("RELEASE item")
+                except (sqlite3.Error, OverflowError, ValueError) as exc:
+                    db.execute("ROLLBACK TO item")
+                    db.execute("RELEASE item")
+                    results.append(BackendUnavailable(f"SQLite: {exc}"))
+            for stream, offset in advance:
+                self._advance(db, stream, offset)
+            return results
+
+        result: list[StreamPosition | Exception] = await self._submit(op)
+        return result
+
+    def _append(
+        self,
+        db: sqlite3.Connection,
+        stream: str,
+        data: bytes,
+        size: int | None,
+        expires: float | None,
+    ) -> StreamPosition:
+        row = db.execute("SELECT top, epoch FROM streams WHERE name = ?", (stream,)).fetchone()
+        if row is None:
+            offset, epoch = 1, self.epoch
+            db.execute(
+                "INSERT INTO streams (name, top, epoch) VALUES (?, ?, ?)",
+                (stream, offset, epoch),
+            )
+        else:
+            offset, epoch = row[0] + 1, row[1]
+            db.execute("UPDATE streams SET top = ? WHERE name = ?", (offset, stream))
+        if size != 0:
+            db.execute(
+                "INSERT INTO messages (stream, offset, expires, data) VALUES (?, ?, ?, ?)",
+                (stream, offset, expires, data),
+            )
+            if size is not None and offset > size:
+                db.execute(
+                    "DELETE FROM messages WHERE stream = ? AND offset <= ?",
+                    (stream, offset - size),
+                )
+        return StreamPosition(offset, epoch)
 
     async def read(
         self, stream: str, since: int, limit: int | None = None
@@ -204,13 +249,14 @@ class SQLiteStore:
         return result
 
     async def advance_cursor(self, stream: str, offset: int) -> None:
-        def op(db: sqlite3.Connection) -> None:
-            db.execute(
-                "UPDATE streams SET cursor = ? WHERE name = ? AND cursor < ? AND top >= ?",
-                (offset, stream, offset, offset),
-            )
+        await self._submit(lambda db: self._advance(db, stream, offset))
 
-        await self._submit(op)
+    @staticmethod
+    def _advance(db: sqlite3.Connection, stream: str, offset: int) -> None:
+        db.execute(
+            "UPDATE streams SET cursor = ? WHERE name = ? AND cursor < ? AND top >= ?",
+            (offset, stream, offset, offset),
+        )
 
     async def healthy(self) -> bool:
         """The writer thread runs and answers a trivial query."""
