@@ -156,6 +156,23 @@ def publisher_token(session: Session, console: Console) -> str:
     )
 
 
+def chat_tokens(session: Session, users: int) -> Path:
+    """A file of HS256 JWTs with the session's secret, one per line, `sub` u<i> on line i: the
+    chat scenario's users (each connection its own user)."""
+    import jwt
+
+    now = int(time.time())
+    path = session.scratch / "chat-tokens.txt"
+    lines = (
+        jwt.encode(
+            {"sub": f"u{i}", "iat": now, "exp": now + 86400}, session.jwt_secret, algorithm="HS256"
+        )
+        for i in range(users)
+    )
+    path.write_text("".join(f"{t}\n" for t in lines))
+    return path
+
+
 def select(items: list[Any], wanted: str, what: str) -> list[Any]:
     if not wanted:
         return items
@@ -174,7 +191,7 @@ def plan(
         for rep in range(1, reps + 1)
         for sc in scenarios
         for srv in servers
-        if (sc.store_heavy or not srv.only_store_heavy) and (not srv.only or sc.key in srv.only)
+        if not srv.only or sc.key in srv.only
     ]
 
 
@@ -187,7 +204,15 @@ def one_run(
     try:
         proc = ServerProcess(srv, session, f"rep{rep}-{sc.key}-{srv.key}")
         time.sleep(0.3)  # let it finish starting (imports after bind, lifespan)
-        record.update(run_loadgen(sc, proc, loadgen_core=args.loadgen_core, token=session.token))
+        record.update(
+            run_loadgen(
+                sc,
+                proc,
+                loadgen_core=args.loadgen_core,
+                token=session.token,
+                chat_tokens=session.chat_tokens,
+            )
+        )
         record["ok"] = True
         if not proc.alive():
             record.update(ok=False, error=f"server died during the run: {proc.log_tail()}")
@@ -321,6 +346,9 @@ def main() -> int:
             console.print(f"[yellow]skipping {srv.key}: {why}")
     if any(s.wshub for s in servers):
         session.token = publisher_token(session, console)
+        users = max((int(sc.extra.get("users", 0)) for sc in scenarios), default=0)
+        if users:
+            session.chat_tokens = chat_tokens(session, users)
 
     background = busy_now()
     if background > 0.2:

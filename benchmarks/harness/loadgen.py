@@ -55,10 +55,13 @@ def run_loadgen(
     *,
     loadgen_core: int,
     token: str | None,
+    chat_tokens: Path | None = None,
     idle_settle: float = 1.0,
 ) -> dict[str, Any]:
     """Run one scenario; return the loadgen's result line plus the runner's own measurements:
-    server_cpu_ratio (server CPU / wall over the window) and, for idle, RSS figures."""
+    server_cpu_ratio (server CPU / wall over the window) and, for idle, RSS figures. wshub gets
+    ``token`` for its publishers and, in chat, ``chat_tokens`` (a file, one JWT per user); the
+    peers ignore authentication."""
     args = [str(LOADGEN), scenario.kind, "--port", str(server.port), *scenario.args]
     if server.server.sio:
         args.append("--sio")
@@ -66,6 +69,10 @@ def run_loadgen(
         args += ["--path", server.server.path]
     if token and server.server.wshub:
         args += ["--token", token]
+    if scenario.kind == "chat" and server.server.wshub:
+        if chat_tokens is None:
+            raise RuntimeError("no chat tokens for wshub (PyJWT missing?)")
+        args += ["--tokens", str(chat_tokens)]
     record: dict[str, Any] = {}
     rss_base = server.rss() if scenario.kind == "idle" else 0
     proc = subprocess.Popen(

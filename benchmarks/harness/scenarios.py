@@ -27,11 +27,11 @@ class Metric:
 @dataclass(frozen=True)
 class Scenario:
     key: str
-    kind: str  # loadgen subcommand: fanout | pingpong | latency | idle
+    kind: str  # loadgen subcommand: fanout | pingpong | latency | idle | chat | rooms
     args: tuple[str, ...]  # loadgen arguments besides --port/--path/--token/--sio
     metrics: tuple[Metric, ...]
     describe: str
-    store_heavy: bool = False  # run against the wshub store variants too
+    store_heavy: bool = False  # the scenario that is mostly the store's work (publish-10)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -108,8 +108,13 @@ def build_scenarios(t: Timing) -> list[Scenario]:
             key="idle",
             kind="idle",
             args=("--conns", str(t.idle_conns), "--hold", hold),
-            metrics=(Metric("idle RSS/conn", "rss_per_conn_kib", "KiB", False, _kib),),
-            describe=f"{t.idle_conns:,} idle connections; server RSS growth per connection",
+            metrics=(
+                Metric("idle RSS/conn", "rss_per_conn_kib", "KiB", False, _kib),
+                Metric("set-up rate", "handshakes_per_s", "handshakes/s", True, _rate),
+            ),
+            describe=f"{t.idle_conns:,} idle connections; server RSS growth per connection, and "
+            "the connection set-up rate: connections / (first connect to the last `welcome`), "
+            "128 handshakes in progress at a time",
             extra={"conns": t.idle_conns},
         ),
         Scenario(
@@ -120,8 +125,41 @@ def build_scenarios(t: Timing) -> list[Scenario]:
                 Metric("publish-10", "pubs_per_s", "publications/s", True, _rate, throughput=True),
             ),
             describe="10 subscribers, 1 publisher keeping 256 publications in flight; "
-            "publications per second (the store-heavy scenario: wshub also runs it with history "
-            "in SQLite and Redis)",
+            "publications per second (the store-heavy scenario: wshub writes every publication "
+            "to the channel's history; the peers keep none)",
             store_heavy=True,
+        ),
+        Scenario(
+            key="chat-1000",
+            kind="chat",
+            args=("--conns", "1000", "--window", "4", *win),
+            metrics=(
+                Metric("chat-1000", "deliveries_per_s", "deliveries/s", True, _k, throughput=True),
+            ),
+            describe="1,000 users, one connection each (wshub: a JWT per user), each keeping 4 "
+            "`chat` messages in flight to random other (online) users; `chat` frames received "
+            "by the recipients per second (wshub keeps every one in the recipient's stream)",
+            extra={"users": 1000},
+        ),
+        Scenario(
+            key="rooms",
+            kind="rooms",
+            args=(
+                "--channels",
+                "2000",
+                "--per-channel",
+                "5",
+                "--pubs",
+                "20",
+                "--window",
+                "16",
+                *win,
+            ),
+            metrics=(
+                Metric("rooms", "deliveries_per_s", "deliveries/s", True, _k, throughput=True),
+            ),
+            describe="10,000 subscribers in 2,000 channels of 5, and 20 publishers, each "
+            "subscribed to 100 of the channels and keeping 16 publications in flight to random "
+            "ones of them; deliveries to the subscribers per second",
         ),
     ]

@@ -1,8 +1,9 @@
 """The servers under test and how to start, watch and stop them.
 
-Each server runs pinned to one core (taskset), in a scratch directory of its own (so no `.env`
-of a developer leaks into wshub's settings), with stdout/stderr in a log file, and is stopped
-(SIGTERM, then SIGKILL) after every scenario: each measurement starts from a fresh process.
+Each server runs pinned to one core (taskset), in a scratch directory of its own, made empty for
+every run (so no `.env` of a developer leaks into wshub's settings, and the default store's
+`./wshub.db` starts empty each time), with stdout/stderr in a log file, and is stopped (SIGTERM,
+then SIGKILL) after every scenario: each measurement starts from a fresh process.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class Session:
     venv_bin: Path
     jwt_secret: str = field(default_factory=lambda: secrets.token_hex(32))
     token: str | None = None  # the publisher's JWT (wshub only)
+    chat_tokens: Path | None = None  # chat: one JWT per line, `sub` u<i> on line i (wshub only)
 
 
 def free_port() -> int:
@@ -81,9 +83,8 @@ class Server:
     env: Callable[[Session, int, Path], dict[str, str]] = lambda s, p, d: {}
     sio: bool = False  # load with Socket.IO framing
     path: str | None = None  # WebSocket path (None: loadgen default)
-    wshub: bool = False  # publisher sends the JWT
-    store: str | None = None  # None: memory / no store; sqlite; redis
-    only_store_heavy: bool = False  # runs only the store-heavy scenario
+    wshub: bool = False  # publishers send the JWT, chat users theirs
+    store: str | None = None  # wshub: None (the default store), memory, sqlite-normal, redis
     only: tuple[str, ...] = ()  # runs only these scenarios (empty: every one)
     missing: Callable[[Session], str | None] = lambda s: None  # why it cannot run, or None
 
@@ -95,10 +96,13 @@ class ServerProcess:
         self.server = server
         self.port = free_port()
         self.run_dir = session.scratch / run_name
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        # fresh for every run, a measurement taken again too: the default store's ./wshub.db
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+        self.run_dir.mkdir(parents=True)
         self.log_path = session.logs / f"{run_name}.log"
         self._log: IO[bytes] = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.redis: subprocess.Popen[bytes] | None = None
+        self._redis_ps: psutil.Process | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         try:
             self._start(session)
@@ -117,7 +121,8 @@ class ServerProcess:
             argv += ["--save", "", "--appendonly", "no", "--daemonize", "no"]
             self.redis = self._spawn(pinned(session.server_core, argv), None)
             wait_port(redis_port, self.redis, 10)
-            env["WS_STORE_URL"] = f"redis://127.0.0.1:{redis_port}/0"
+            # the store and the broker (fan-out between nodes, presence) both in Redis
+            env["WS_STORE_URL"] = env["WS_BROKER_URL"] = f"redis://127.0.0.1:{redis_port}/0"
         argv = self.server.argv(session, self.port, self.run_dir)
         self.proc = self._spawn(pinned(session.server_core, argv), env)
         wait_port(self.port, self.proc, 30)
@@ -134,10 +139,17 @@ class ServerProcess:
         )
 
     def _procs(self) -> list[psutil.Process]:
-        try:
-            return [self.ps, *self.ps.children(recursive=True)]
-        except psutil.Error:
-            return []
+        """The server, its children and its throwaway redis-server (on the server's core: the
+        server side's CPU, not "other processes")."""
+        procs: list[psutil.Process] = []
+        with contextlib.suppress(psutil.Error):
+            procs += [self.ps, *self.ps.children(recursive=True)]
+        if self.redis is not None:
+            with contextlib.suppress(psutil.Error):
+                if self._redis_ps is None:
+                    self._redis_ps = psutil.Process(self.redis.pid)
+                procs.append(self._redis_ps)
+        return procs
 
     def cpu_seconds(self) -> float:
         total = 0.0
@@ -238,28 +250,35 @@ def _wshub_missing(store: str | None) -> Callable[[Session], str | None]:
     return check
 
 
+#: The WS_* settings of each wshub row besides the runner's own: none for the default store
+#: (`sqlite:///./wshub.db`, synchronous=full, history on, in the run's scratch directory), as
+#: `make run` starts it. The Redis URLs are set by ServerProcess (a throwaway redis-server).
+STORE_ENV: dict[str | None, dict[str, str]] = {
+    None: {},
+    "memory": {"WS_STORE_URL": "memory://"},
+    "sqlite-normal": {"WS_STORE_URL": "sqlite:///./wshub.db?synchronous=normal"},
+    "redis": {},
+}
+
+
 def _wshub_env(
     store: str | None,
 ) -> Callable[[Session, int, Path], dict[str, str]]:
     def env(s: Session, port: int, run_dir: Path) -> dict[str, str]:
         e = {
-            "WS_TRANSPORT": "native",
+            "WS_TRANSPORT": "native",  # the default, said out loud
             "WS_HOST": "127.0.0.1",
             "WS_PORT": str(port),
             "WS_JWT_SECRET": s.jwt_secret,
             "WS_API_KEY": s.jwt_secret,  # unused here; set so the server does not warn about it
-            "WS_STORE_URL": "memory://",
             "WS_LOG_LEVEL": "warning",
-            # the load is the point: no per-connection rate limit, quick shutdown
+            # the load generator's necessities: one connection sends thousands of messages per
+            # second (no per-connection rate limit); a quick shutdown between runs
             "WS_RATE_LIMIT": "1000000",
             "WS_RATE_BURST": "1000000",
             "WS_SHUTDOWN_TIMEOUT": "1000",
         }
-        if store == "sqlite":
-            e["WS_STORE_URL"] = f"sqlite:///{run_dir / 'bench.db'}"
-        elif store == "sqlite-normal":
-            e["WS_STORE_URL"] = f"sqlite:///{run_dir / 'bench.db'}?synchronous=normal"
-        # redis: the URL of the throwaway redis-server is set by ServerProcess
+        e.update(STORE_ENV[store])
         return e
 
     return env
@@ -303,13 +322,25 @@ def _mounted(ws: str) -> Callable[[Session, int, Path], list[str]]:
 #: What the mounted variants are measured on: the scenarios their targets name.
 MOUNTED_SCENARIOS = ("fanout-100", "fanout-1000", "fanout-5000", "pingpong-100")
 
+#: What the wshub rows with another store than the default are measured on.
+STORE_ROW_SCENARIOS = ("fanout-1000", "publish-10", "pingpong-100", "chat-1000", "rooms")
+
 #: What the peers added from PERF-NOTES' list are measured on: the columns of its table (fan-out
 #: at 100 and 1,000, ping-pong, idle memory). 4 peers x 4 scenarios x 3 reps add ~5 min to a run.
 EXTRA_PEER_SCENARIOS = ("fanout-100", "fanout-1000", "pingpong-100", "idle")
 
 
+def _bun_missing(_s: Session) -> str | None:
+    if not BUN.is_file():
+        return "peers/bun/node_modules/.bin/bun missing: run `make -C benchmarks deps` (needs npm)"
+    return None
+
+
+BUN = PEERS / "bun" / "node_modules" / ".bin" / "bun"
+
+
 def build_servers() -> list[Server]:
-    def wshub(key: str, label: str, store: str | None, only_store: bool) -> Server:
+    def wshub(key: str, label: str, store: str | None, only: tuple[str, ...]) -> Server:
         return Server(
             key=key,
             label=label,
@@ -317,7 +348,7 @@ def build_servers() -> list[Server]:
             env=_wshub_env(store),
             wshub=True,
             store=store,
-            only_store_heavy=only_store,
+            only=only,
             missing=_wshub_missing(store),
         )
 
@@ -346,6 +377,12 @@ def build_servers() -> list[Server]:
             _py("socketio_server.py"),
             sio=True,
             missing=_importable("socketio", "uvicorn"),
+        ),
+        Server(
+            "bun",
+            "Bun (uWebSockets), ws.subscribe() + server.publish()",
+            lambda s, port, d: [str(BUN), str(PEERS / "bun" / "server.js"), str(port)],
+            missing=_bun_missing,
         ),
         # The rest of PERF-NOTES' peers, on fewer scenarios (EXTRA_PEER_SCENARIOS).
         Server(
@@ -377,13 +414,14 @@ def build_servers() -> list[Server]:
             only=EXTRA_PEER_SCENARIOS,
             missing=_node_peer_missing("node_socketio", "socket.io"),
         ),
-        wshub("wshub", "wshub (memory store)", None, False),
+        wshub("wshub", "wshub serve (default store: SQLite, synchronous=full)", None, ()),
         # The hub mounted in an existing app (examples/starlette_app.py) under uvicorn: through
         # plain ASGI (uvicorn's own websockets-sansio, as the naive peer), and with the opt-in
-        # fast path (`--ws wshub.native:HubProtocol`).
+        # fast path (`--ws wshub.native:HubProtocol`). The app's `create_hub()` reads the same
+        # WS_* environment: no store override, so the default store in the run's directory.
         Server(
             key="wshub-asgi",
-            label="wshub mounted in a Starlette app, plain ASGI (ws=websockets-sansio)",
+            label="wshub mounted (Starlette app), plain ASGI (ws=websockets-sansio), default store",
             argv=_mounted("websockets-sansio"),
             env=_wshub_env(None),
             wshub=True,
@@ -392,19 +430,24 @@ def build_servers() -> list[Server]:
         ),
         Server(
             key="wshub-mounted",
-            label="wshub mounted in a Starlette app, fast path (ws=wshub.native:HubProtocol)",
+            label="wshub mounted (Starlette app), fast path (native:HubProtocol), default store",
             argv=_mounted("wshub.native:HubProtocol"),
             env=_wshub_env(None),
             wshub=True,
             only=MOUNTED_SCENARIOS,
             missing=_wshub_missing(None),
         ),
-        wshub("wshub-sqlite", "wshub, history in SQLite", "sqlite", True),
+        wshub("wshub-memory", "wshub serve, memory store", "memory", STORE_ROW_SCENARIOS),
         wshub(
             "wshub-sqlite-normal",
-            "wshub, history in SQLite, synchronous=normal",
+            "wshub serve, SQLite synchronous=normal",
             "sqlite-normal",
-            True,
+            STORE_ROW_SCENARIOS,
         ),
-        wshub("wshub-redis", "wshub, history in Redis", "redis", True),
+        wshub(
+            "wshub-redis",
+            "wshub serve, Redis store + broker",
+            "redis",
+            STORE_ROW_SCENARIOS,
+        ),
     ]

@@ -17,7 +17,20 @@
  *             data carries {"t": <loadgen CLOCK_MONOTONIC ns>}; every subscriber computes
  *             receive - t. Subscribers are read at once (no batching). Result: p50/p90/p99/max ms.
  *   idle      N connections that only wait for `welcome`; prints {"event":"ready"} when all are
- *             up, holds them --hold seconds (answering protocol pings), then exits.
+ *             up, holds them --hold seconds (answering protocol pings), then exits. Result also
+ *             says handshakes_per_s: N / (first connect -> last `welcome`).
+ *   chat      N users, one connection each (user u<i>: --tokens FILE gives connection i the JWT
+ *             on line i as ?token= and waits for `authenticated`; without it ?user=u<i>), each
+ *             keeping --window `chat` messages in flight to random other users. A chat is in
+ *             flight until its `chat_received` ack, and all chats sent but neither delivered nor
+ *             acked `delivered:false` are at most N x window. Result: deliveries/s (`chat`
+ *             frames received by recipients), acks/s.
+ *   rooms     --channels C x --per-channel K subscribers (subscriber i on channel "<ch>-<i%C>")
+ *             plus --pubs P publishers; publisher k is subscribed to the channels j with
+ *             j % P == k and keeps --window publications in flight to random ones of them (in
+ *             flight: until acked and, on average, delivered to the K subscribers).
+ *             Result: deliveries/s to the subscribers, publications/s.
+ * chat and rooms read every connection in the 2 ms batches fanout uses for its subscribers.
  *
  * Every scenario is bounded: connect phase (--connect-timeout), --warmup, then --duration (the
  * measured window); then the process exits by itself. It only ever connects to 127.0.0.1.
@@ -48,7 +61,7 @@
 /* ------------------------------------------------------------------------------------------ */
 /* configuration                                                                              */
 
-enum scenario { SC_FANOUT, SC_PINGPONG, SC_LATENCY, SC_IDLE };
+enum scenario { SC_FANOUT, SC_PINGPONG, SC_LATENCY, SC_IDLE, SC_CHAT, SC_ROOMS };
 
 static struct {
     enum scenario sc;
@@ -56,11 +69,14 @@ static struct {
     int port;
     const char *path;
     const char *token;
+    const char *tokens_file; /* chat: one JWT per line, line i for user u<i> */
     const char *channel;
     int sio;
     int subs;          /* fanout, latency */
     int conns;         /* pingpong, idle */
-    int window;        /* fanout: publications in flight */
+    int window;        /* fanout, rooms: publications in flight (rooms: per publisher); chat:
+                          chats in flight per user */
+    int channels, per_channel, pubs; /* rooms */
     double rate;       /* latency: publications per second */
     double warmup, duration, hold, connect_timeout;
     double batch_ms;   /* fanout subscribers' read batching; 0 = read at once */
@@ -68,6 +84,7 @@ static struct {
 } cfg = {
     .port = 0, .path = NULL, .token = NULL, .channel = "bench", .sio = 0,
     .subs = 100, .conns = 100, .window = 64, .rate = 10.0,
+    .channels = 2000, .per_channel = 5, .pubs = 20,
     .warmup = 1.0, .duration = 4.0, .hold = 2.0, .connect_timeout = 60.0,
     .batch_ms = 2.0, .concurrency = 128,
 };
@@ -98,13 +115,17 @@ static void emit_event(const char *ev) {
 /* connections                                                                                */
 
 enum cstate { ST_IDLE, ST_CONNECTING, ST_HS_SENT, ST_OPEN, ST_DEAD };
-enum role { R_SUB, R_PUB, R_PINGER, R_IDLE };
+enum role { R_SUB, R_PUB, R_PINGER, R_IDLE, R_CHAT };
 
 typedef struct conn {
     int fd;
     uint8_t state, role;
     uint8_t got_welcome, got_sio_connect, ready, subscribe_sent;
     uint8_t in_ready_list; /* batched: readable, waiting for the next batch */
+    uint8_t got_auth;      /* chat with tokens: `authenticated` seen */
+    int32_t arg;           /* chat: user number; rooms: subscriber's channel / publisher number */
+    int32_t inflight;      /* chat: chats not acked yet; rooms publisher: publications not acked */
+    int32_t pending_subs;  /* rooms publisher: `subscribed` still to come */
     char *part;            /* bytes received but not consumed yet (partial frame / HTTP head) */
     uint32_t plen, pcap;
     char *wbuf;            /* bytes not written yet (socket buffer full) */
@@ -117,7 +138,12 @@ static int epfd;
 
 /* counters (monotonic; the window is measured by snapshots) */
 static uint64_t c_deliveries, c_delivery_bytes, c_pub_self, c_acks, c_pubs_sent, c_pongs,
-    c_errors, c_closed, c_failed;
+    c_errors, c_closed, c_failed, c_chat_undelivered;
+/* chat tokens (one per user), read from --tokens */
+static char **tokens;
+static int ntokens;
+/* rooms: the first n_first connections are subscribers, the publishers follow */
+static int n_first;
 static char first_error[256];
 static int n_ready, n_started, n_setup_inflight;
 
@@ -256,11 +282,21 @@ static void send_msg(conn *c, const char *type, const char *payload_json) {
     ws_text(c, buf, (size_t)n);
 }
 
-static void send_subscribe(conn *c) {
+static void send_subscribe_to(conn *c, int room) {
     char p[200];
-    snprintf(p, sizeof p, "{\"channel\":\"%s\"}", cfg.channel);
+    if (room < 0) snprintf(p, sizeof p, "{\"channel\":\"%s\"}", cfg.channel);
+    else snprintf(p, sizeof p, "{\"channel\":\"%s-%d\"}", cfg.channel, room);
     send_msg(c, "subscribe", p);
+}
+
+static void send_subscribe(conn *c) {
     c->subscribe_sent = 1;
+    if (cfg.sc != SC_ROOMS) { send_subscribe_to(c, -1); return; }
+    if (c->role == R_SUB) { send_subscribe_to(c, c->arg); return; }
+    /* a rooms publisher: every channel j with j % pubs == its number */
+    c->pending_subs = 0;
+    for (int j = c->arg; j < cfg.channels; j += cfg.pubs) c->pending_subs++;
+    for (int j = c->arg; j < cfg.channels; j += cfg.pubs) send_subscribe_to(c, j);
 }
 
 static void send_publish(conn *c) {
@@ -277,6 +313,32 @@ static void send_publish(conn *c) {
 }
 
 static void send_ping(conn *c) { send_msg(c, "ping", NULL); }
+
+static uint64_t c_chats_sent, c_chat_acks;
+
+/* chat: to a random other user */
+static void send_chat(conn *c) {
+    char p[200];
+    int to = (int)(rnd32() % (uint32_t)(nconns - 1));
+    if (to >= c->arg) to++;
+    snprintf(p, sizeof p, "{\"recipientId\":\"u%d\",\"message\":\"hello from u%d, %llu\"}", to,
+             c->arg, (unsigned long long)c_chats_sent);
+    send_msg(c, "chat", p);
+    c->inflight++;
+    c_chats_sent++;
+}
+
+/* rooms: to a random channel of this publisher's */
+static void send_room_publish(conn *c) {
+    char p[200];
+    int mine = (cfg.channels - c->arg + cfg.pubs - 1) / cfg.pubs;
+    int j = c->arg + cfg.pubs * (int)(rnd32() % (uint32_t)mine);
+    snprintf(p, sizeof p, "{\"channel\":\"%s-%d\",\"data\":{\"n\":%llu}}", cfg.channel, j,
+             (unsigned long long)c_pubs_sent);
+    send_msg(c, "publish", p);
+    c->inflight++;
+    c_pubs_sent++;
+}
 
 /* ------------------------------------------------------------------------------------------ */
 /* connect / handshake                                                                        */
@@ -302,8 +364,13 @@ static void send_upgrade(conn *c) {
     char req[2048];
     char path[1200];
     const char *base = cfg.path;
+    const char *sep = strchr(base, '?') ? "&" : "?";
     if (c->role == R_PUB && cfg.token)
-        snprintf(path, sizeof path, "%s%stoken=%s", base, strchr(base, '?') ? "&" : "?", cfg.token);
+        snprintf(path, sizeof path, "%s%stoken=%s", base, sep, cfg.token);
+    else if (c->role == R_CHAT && tokens)
+        snprintf(path, sizeof path, "%s%stoken=%s", base, sep, tokens[c->arg]);
+    else if (c->role == R_CHAT)
+        snprintf(path, sizeof path, "%s%suser=u%d", base, sep, c->arg);
     else
         snprintf(path, sizeof path, "%s", base);
     int n = snprintf(req, sizeof req,
@@ -331,12 +398,14 @@ static void on_up(conn *c) {
     if (!c->got_welcome || (cfg.sio && !c->got_sio_connect)) return;
     if ((c->role == R_SUB || c->role == R_PUB) && !c->subscribe_sent) send_subscribe(c);
     else if (c->role == R_PINGER || c->role == R_IDLE) setup_done(c);
+    else if (c->role == R_CHAT && (!tokens || c->got_auth)) setup_done(c);
 }
 
 /* ------------------------------------------------------------------------------------------ */
 /* incoming messages                                                                          */
 
-enum kind { K_OTHER, K_WELCOME, K_SUBSCRIBED, K_MESSAGE, K_PUBLISHED, K_PONG, K_ERROR };
+enum kind { K_OTHER, K_WELCOME, K_SUBSCRIBED, K_MESSAGE, K_PUBLISHED, K_PONG, K_ERROR, K_CHAT,
+            K_CHAT_RECEIVED, K_AUTHENTICATED };
 
 static enum kind kind_of(const char *name, size_t n) {
 #define IS(s) (n == sizeof(s) - 1 && memcmp(name, s, n) == 0)
@@ -346,6 +415,9 @@ static enum kind kind_of(const char *name, size_t n) {
     if (IS("welcome")) return K_WELCOME;
     if (IS("subscribed")) return K_SUBSCRIBED;
     if (IS("error")) return K_ERROR;
+    if (IS("chat")) return K_CHAT;
+    if (IS("chat_received")) return K_CHAT_RECEIVED;
+    if (IS("authenticated")) return K_AUTHENTICATED;
     return K_OTHER;
 #undef IS
 }
@@ -424,13 +496,34 @@ static void on_text(conn *c, const char *p, size_t n) {
     case K_PUBLISHED:
         c_acks++;
         if (cfg.sc == SC_FANOUT) pump_publisher();
+        if (cfg.sc == SC_ROOMS && c->inflight > 0) c->inflight--; /* topped up after the batch */
+        break;
+    case K_CHAT:
+        if (c->role == R_CHAT) { c_deliveries++; c_delivery_bytes += n; }
+        break;
+    case K_CHAT_RECEIVED:
+        c_chat_acks++;
+        if (c->inflight > 0) c->inflight--;
+        /* stored for later: never delivered now, so not waited for */
+        if (memmem(p, n, "\"delivered\":false", 18) || memmem(p, n, "\"delivered\": false", 19))
+            c_chat_undelivered++;
+        break;
+    case K_AUTHENTICATED:
+        c->got_auth = 1;
+        if (c->role == R_CHAT && c->got_welcome) on_up(c);
         break;
     case K_PONG:
         c_pongs++;
         if (phase == PH_WARMUP || phase == PH_WINDOW) send_ping(c);
         break;
     case K_WELCOME: c->got_welcome = 1; on_up(c); break;
-    case K_SUBSCRIBED: setup_done(c); break;
+    case K_SUBSCRIBED:
+        if (cfg.sc == SC_ROOMS && c->role == R_PUB) {
+            if (--c->pending_subs <= 0) setup_done(c);
+        } else {
+            setup_done(c);
+        }
+        break;
     case K_ERROR:
         note_error("", p, n);
         if (!c->ready) conn_kill(c, 0); /* refused during setup: fail now, not at the timeout */
@@ -541,8 +634,9 @@ static void on_event(int i, uint32_t events) {
     }
     if ((events & EPOLLOUT) && c->wlen) conn_flush(c);
     if (events & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
-        int batched = cfg.sc == SC_FANOUT && cfg.batch_ms > 0 && c->role == R_SUB && c->ready &&
-                      (phase == PH_WARMUP || phase == PH_WINDOW);
+        int batched = cfg.batch_ms > 0 && c->ready && (phase == PH_WARMUP || phase == PH_WINDOW) &&
+                      ((cfg.sc == SC_FANOUT && c->role == R_SUB) || cfg.sc == SC_CHAT ||
+                       cfg.sc == SC_ROOMS);
         if (batched) {
             if (!c->in_ready_list) { c->in_ready_list = 1; ready_list[ready_n++] = i; }
         } else {
@@ -577,6 +671,57 @@ static void pump_publisher(void) {
     }
 }
 
+/* chat: top every user up to --window chats in flight, while the chats neither delivered nor
+ * acked as stored stay below users x window (a server that acks before delivering cannot make
+ * them pile up) */
+static void pump_chat(void) {
+    if (phase != PH_WARMUP && phase != PH_WINDOW) return;
+    uint64_t cap = (uint64_t)nconns * (uint64_t)cfg.window;
+    for (int i = 0; i < nconns; i++) {
+        conn *c = &conns[i];
+        if (c->state != ST_OPEN) continue;
+        while (c->inflight < cfg.window) {
+            if (c_chats_sent - c_deliveries - c_chat_undelivered >= cap) return;
+            send_chat(c);
+        }
+    }
+}
+
+/* rooms: every publisher up to --window, while the publications not yet delivered (on average)
+ * to the K subscribers of their channel stay below publishers x window */
+static void pump_rooms(void) {
+    if (phase != PH_WARMUP && phase != PH_WINDOW) return;
+    uint64_t cap = (uint64_t)cfg.pubs * (uint64_t)cfg.window;
+    for (int i = n_first; i < nconns; i++) {
+        conn *c = &conns[i];
+        if (c->state != ST_OPEN) continue;
+        while (c->inflight < cfg.window) {
+            if (c_pubs_sent - c_deliveries / (uint64_t)cfg.per_channel >= cap) return;
+            send_room_publish(c);
+        }
+    }
+}
+
+static void pump(void) {
+    if (cfg.sc == SC_FANOUT) pump_publisher();
+    else if (cfg.sc == SC_CHAT) pump_chat();
+    else if (cfg.sc == SC_ROOMS) pump_rooms();
+}
+
+static void read_tokens(const char *path) {
+    FILE *f = fopen(path, "r");
+    if (!f) { perror(path); exit(1); }
+    char line[4096];
+    while (fgets(line, sizeof line, f)) {
+        size_t n = strcspn(line, "\r\n");
+        if (!n) continue;
+        line[n] = 0;
+        tokens = realloc(tokens, (size_t)(ntokens + 1) * sizeof *tokens);
+        tokens[ntokens++] = strdup(line);
+    }
+    fclose(f);
+}
+
 static double pct(uint64_t *v, size_t n, double q) {
     if (!n) return 0;
     size_t i = (size_t)(q * (double)(n - 1) + 0.5);
@@ -590,18 +735,20 @@ static int cmp_u64(const void *a, const void *b) {
 
 static void usage(void) {
     fprintf(stderr,
-            "usage: loadgen fanout|pingpong|latency|idle --port P [options]\n"
+            "usage: loadgen fanout|pingpong|latency|idle|chat|rooms --port P [options]\n"
             "  --path /ws          WebSocket path (--sio: /socket.io/?EIO=4&transport=websocket)\n"
-            "  --token JWT         handshake token for the publisher (?token=)\n"
+            "  --token JWT         handshake token for the publisher(s) (?token=)\n"
+            "  --tokens FILE       chat: one JWT per line, line i for user u<i>\n"
             "  --channel bench     channel name\n"
             "  --sio               Socket.IO v5 / engine.io v4 framing\n"
             "  --subs N            subscribers (fanout, latency)       [100]\n"
-            "  --conns N           connections (pingpong, idle)        [100]\n"
-            "  --window W          publications in flight (fanout)     [64]\n"
+            "  --conns N           connections (pingpong, idle), users (chat) [100]\n"
+            "  --channels C --per-channel K --pubs P   rooms          [2000, 5, 20]\n"
+            "  --window W          in flight: fanout, rooms (per publisher), chat (per user) [64]\n"
             "  --rate R            publications per second (latency)   [10]\n"
             "  --warmup S --duration S   seconds                       [1, 4]\n"
             "  --hold S            idle: seconds to hold after ready   [2]\n"
-            "  --batch-ms MS       fanout subscriber read batching     [2]\n"
+            "  --batch-ms MS       fanout/chat/rooms read batching     [2]\n"
             "  --concurrency N     handshakes in progress at once      [128]\n"
             "  --connect-timeout S                                     [60]\n");
     exit(1);
@@ -623,6 +770,8 @@ int main(int argc, char **argv) {
     else if (!strcmp(argv[1], "pingpong")) cfg.sc = SC_PINGPONG;
     else if (!strcmp(argv[1], "latency")) { cfg.sc = SC_LATENCY; cfg.subs = 1000; }
     else if (!strcmp(argv[1], "idle")) { cfg.sc = SC_IDLE; cfg.conns = 10000; }
+    else if (!strcmp(argv[1], "chat")) { cfg.sc = SC_CHAT; cfg.conns = 1000; cfg.window = 4; }
+    else if (!strcmp(argv[1], "rooms")) { cfg.sc = SC_ROOMS; cfg.window = 16; }
     else usage();
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i];
@@ -631,6 +780,10 @@ int main(int argc, char **argv) {
         if (OPT("--port")) cfg.port = atoi(v);
         else if (OPT("--path")) cfg.path = v;
         else if (OPT("--token")) cfg.token = v;
+        else if (OPT("--tokens")) cfg.tokens_file = v;
+        else if (OPT("--channels")) cfg.channels = atoi(v);
+        else if (OPT("--per-channel")) cfg.per_channel = atoi(v);
+        else if (OPT("--pubs")) cfg.pubs = atoi(v);
         else if (OPT("--channel")) cfg.channel = v;
         else if (!strcmp(a, "--sio")) cfg.sio = 1;
         else if (OPT("--subs")) cfg.subs = atoi(v);
@@ -647,8 +800,17 @@ int main(int argc, char **argv) {
 #undef OPT
     }
     if (cfg.port <= 0 || cfg.port > 65535 || cfg.subs < 1 || cfg.conns < 1 || cfg.window < 1 ||
-        cfg.rate <= 0 || cfg.concurrency < 1 || cfg.duration <= 0 || cfg.warmup < 0)
+        cfg.rate <= 0 || cfg.concurrency < 1 || cfg.duration <= 0 || cfg.warmup < 0 ||
+        cfg.channels < 1 || cfg.per_channel < 1 || cfg.pubs < 1 || cfg.pubs > cfg.channels ||
+        (cfg.sc == SC_CHAT && cfg.conns < 2))
         usage();
+    if (cfg.sc == SC_CHAT && cfg.tokens_file) {
+        read_tokens(cfg.tokens_file);
+        if (ntokens < cfg.conns) {
+            fprintf(stderr, "%s: %d tokens for %d users\n", cfg.tokens_file, ntokens, cfg.conns);
+            exit(1);
+        }
+    }
     if (!cfg.path) cfg.path = cfg.sio ? "/socket.io/?EIO=4&transport=websocket" : "/ws";
     signal(SIGPIPE, SIG_IGN);
 
@@ -659,13 +821,27 @@ int main(int argc, char **argv) {
     server_addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 
     int with_pub = cfg.sc == SC_FANOUT || cfg.sc == SC_LATENCY;
-    nconns = with_pub ? cfg.subs + 1 : cfg.conns;
+    if (cfg.sc == SC_ROOMS) {
+        n_first = cfg.channels * cfg.per_channel;
+        nconns = n_first + cfg.pubs;
+    } else {
+        nconns = with_pub ? cfg.subs + 1 : cfg.conns;
+        n_first = with_pub ? cfg.subs : nconns;
+    }
     conns = calloc((size_t)nconns, sizeof *conns);
     ready_list = calloc((size_t)nconns, sizeof *ready_list);
     for (int i = 0; i < nconns; i++) {
         conns[i].fd = -1;
-        conns[i].role = with_pub ? (i < cfg.subs ? R_SUB : R_PUB)
-                                 : (cfg.sc == SC_PINGPONG ? R_PINGER : R_IDLE);
+        if (cfg.sc == SC_ROOMS) {
+            conns[i].role = i < n_first ? R_SUB : R_PUB;
+            conns[i].arg = i < n_first ? i % cfg.channels : i - n_first;
+        } else if (cfg.sc == SC_CHAT) {
+            conns[i].role = R_CHAT;
+            conns[i].arg = i;
+        } else {
+            conns[i].role = with_pub ? (i < cfg.subs ? R_SUB : R_PUB)
+                                     : (cfg.sc == SC_PINGPONG ? R_PINGER : R_IDLE);
+        }
     }
     if (with_pub) publisher = &conns[cfg.subs];
     rng_state ^= (uint32_t)now_ns() | 1u;
@@ -681,6 +857,7 @@ int main(int argc, char **argv) {
     uint64_t pub_ns = (uint64_t)(1e9 / cfg.rate);
     uint64_t s_deliv = 0, s_bytes = 0, s_acks = 0, s_pongs = 0, s_sent = 0;
     uint64_t e_deliv = 0, e_bytes = 0, e_acks = 0, e_pongs = 0, e_sent = 0;
+    uint64_t s_csent = 0, s_cacks = 0, s_cund = 0, e_csent = 0, e_cacks = 0, e_cund = 0; /* chat */
     double cpu0 = 0, cpu1 = 0, sys0 = 0, sys1 = 0;
 
     while (phase != PH_DONE) {
@@ -688,7 +865,7 @@ int main(int argc, char **argv) {
         /* ---- phase machine ---- */
         if (phase == PH_SETUP) {
             /* subscribers first, the publisher once they are all in */
-            int limit = with_pub && n_ready < cfg.subs ? cfg.subs : nconns;
+            int limit = n_ready < n_first ? n_first : nconns;
             while (n_started < limit && n_setup_inflight < cfg.concurrency) conn_start(n_started++);
             if (c_failed) fail_setup("connections failed during setup", t_start);
             if (now > setup_deadline) fail_setup("connect timeout", t_start);
@@ -706,7 +883,7 @@ int main(int argc, char **argv) {
                     t_next_pub = now;
                     if (cfg.sc == SC_PINGPONG)
                         for (int i = 0; i < nconns; i++) send_ping(&conns[i]);
-                    if (cfg.sc == SC_FANOUT) pump_publisher();
+                    pump();
                 }
             }
         } else if (phase == PH_WARMUP && now >= t_phase_end) {
@@ -715,14 +892,16 @@ int main(int argc, char **argv) {
             t_phase_end = now + (uint64_t)(cfg.duration * 1e9);
             s_deliv = c_deliveries; s_bytes = c_delivery_bytes; s_acks = c_acks; s_pongs = c_pongs;
             s_sent = c_pubs_sent;
+            s_csent = c_chats_sent; s_cacks = c_chat_acks; s_cund = c_chat_undelivered;
             cpu0 = cpu_seconds(&sys0);
             emit_event("window_start");
         } else if (phase == PH_WINDOW && now >= t_phase_end) {
-            if (cfg.sc == SC_FANOUT) drain_ready_list();
+            drain_ready_list();
             t_win1 = now_ns();
             cpu1 = cpu_seconds(&sys1);
             e_deliv = c_deliveries; e_bytes = c_delivery_bytes; e_acks = c_acks; e_pongs = c_pongs;
             e_sent = c_pubs_sent;
+            e_csent = c_chats_sent; e_cacks = c_chat_acks; e_cund = c_chat_undelivered;
             emit_event("window_end");
             phase = PH_DONE;
             break;
@@ -737,7 +916,8 @@ int main(int argc, char **argv) {
         }
 
         /* ---- wait ---- */
-        if ((phase == PH_WARMUP || phase == PH_WINDOW) && cfg.sc == SC_FANOUT && batch_ns) {
+        if ((phase == PH_WARMUP || phase == PH_WINDOW) &&
+            (cfg.sc == SC_FANOUT || cfg.sc == SC_CHAT || cfg.sc == SC_ROOMS) && batch_ns) {
             /* Subscribers are read in batches: sleep to the next tick, then harvest everything
              * that became readable meanwhile, read it, and top up the publisher's window. Waking
              * per packet would cost a wakeup and an epoll_wait per delivery. */
@@ -753,7 +933,7 @@ int main(int argc, char **argv) {
                 for (int j = 0; j < n; j++) on_event((int)evs[j].data.u32, evs[j].events);
             } while (n == MAXEV);
             drain_ready_list();
-            pump_publisher();
+            pump();
             t_next_batch += batch_ns;
             now = now_ns();
             if (t_next_batch < now) t_next_batch = now; /* behind: no sleep, no catch-up burst */
@@ -777,6 +957,8 @@ int main(int argc, char **argv) {
     printf("{\"scenario\":\"%s\",\"ok\":true,\"sio\":%s,\"setup_s\":%.3f,", cfg.sc_name,
            cfg.sio ? "true" : "false", setup_s);
     if (cfg.sc == SC_IDLE) {
+        /* connection set-up rate: first connect -> every `welcome` in */
+        printf("\"handshakes_per_s\":%.1f,", setup_s > 0 ? nconns / setup_s : 0.0);
         printf("\"conns\":%d,\"closed\":%llu,\"errors\":%llu,\"first_error\":\"%s\"}\n", nconns,
                (unsigned long long)c_closed, (unsigned long long)c_errors, first_error);
         return 0;
@@ -789,6 +971,22 @@ int main(int argc, char **argv) {
     if (cfg.sc == SC_PINGPONG) {
         printf("\"conns\":%d,\"round_trips\":%llu,\"round_trips_per_s\":%.1f,", nconns,
                (unsigned long long)(e_pongs - s_pongs), (double)(e_pongs - s_pongs) / win);
+    } else if (cfg.sc == SC_CHAT) {
+        printf("\"users\":%d,\"window\":%d,\"deliveries\":%llu,\"deliveries_per_s\":%.1f,"
+               "\"chats_sent_per_s\":%.1f,\"chat_acks_per_s\":%.1f,\"undelivered\":%llu,"
+               "\"frame_bytes\":%.1f,\"tokens\":%s,",
+               nconns, cfg.window, (unsigned long long)deliv, (double)deliv / win,
+               (double)(e_csent - s_csent) / win, (double)(e_cacks - s_cacks) / win,
+               (unsigned long long)(e_cund - s_cund),
+               deliv ? (double)(e_bytes - s_bytes) / (double)deliv : 0.0, tokens ? "true" : "false");
+    } else if (cfg.sc == SC_ROOMS) {
+        printf("\"conns\":%d,\"channels\":%d,\"per_channel\":%d,\"pubs\":%d,\"window\":%d,"
+               "\"deliveries\":%llu,\"deliveries_per_s\":%.1f,\"pubs_per_s\":%.1f,"
+               "\"pubs_sent_per_s\":%.1f,\"frame_bytes\":%.1f,",
+               nconns, cfg.channels, cfg.per_channel, cfg.pubs, cfg.window,
+               (unsigned long long)deliv, (double)deliv / win, (double)(e_acks - s_acks) / win,
+               (double)(e_sent - s_sent) / win,
+               deliv ? (double)(e_bytes - s_bytes) / (double)deliv : 0.0);
     } else {
         printf("\"subs\":%d,\"deliveries\":%llu,\"deliveries_per_s\":%.1f,\"pubs_per_s\":%.1f,"
                "\"pubs_sent_per_s\":%.1f,\"frame_bytes\":%.1f,",

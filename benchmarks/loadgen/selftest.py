@@ -10,6 +10,10 @@ The server here (stdlib asyncio only) speaks the benchmark protocol but:
 - interleaves protocol pings and checks that each comes back as a masked pong with its payload.
 It then checks the load generator's counts: deliveries = publications x subscribers.
 The same for --sio framing (engine.io open packet, `40`, `42[...]` events, engine.io pings).
+Also: chat (users named by `?user=` or by a `?token=` from a --tokens file, then `authenticated`
+after `welcome`; `chat` to the recipient, `chat_received` to the sender, every chat to a user
+that is online, the sender never its own recipient), rooms (many channels, publishers subscribed
+to their own share of them), and the idle scenario's set-up rate.
 """
 
 from __future__ import annotations
@@ -23,8 +27,10 @@ import os
 import struct
 import subprocess
 import sys
+import tempfile
 from collections import deque
 from pathlib import Path
+from typing import Any
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 SIZES = (40, 300, 70_000)  # data padding: 7-bit, 16-bit and 64-bit lengths
@@ -64,7 +70,14 @@ async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
 class AwkwardServer:
     def __init__(self, sio: bool) -> None:
         self.sio = sio
-        self.subscribers: list[asyncio.StreamWriter] = []
+        self.channels: dict[str, list[asyncio.StreamWriter]] = {}
+        self.users: dict[str, asyncio.StreamWriter] = {}
+        self.joined: dict[str, int] = {}
+        self.locks: dict[
+            asyncio.StreamWriter, asyncio.Lock
+        ] = {}  # channel -> subscriptions it ever had
+        self.chats = 0  # chat frames delivered
+        self.publishers_channels: dict[asyncio.StreamWriter, set[str]] = {}
         self.writes = 0
         self.pings_sent = 0
         self.pongs_ok = 0
@@ -77,7 +90,13 @@ class AwkwardServer:
         return json.dumps({"type": kind, "payload": payload}).encode()
 
     async def send(self, w: asyncio.StreamWriter, data: bytes) -> None:
-        """Alternate between whole writes and writes cut into tiny pieces."""
+        """Alternate between whole writes and writes cut into tiny pieces; one sender at a time
+        per connection (chat: every connection's handler writes to the others)."""
+        lock = self.locks.setdefault(w, asyncio.Lock())
+        async with lock:
+            await self._send(w, data)
+
+    async def _send(self, w: asyncio.StreamWriter, data: bytes) -> None:
         if w.is_closing():
             raise ConnectionError("client gone")
         self.writes += 1
@@ -99,13 +118,26 @@ class AwkwardServer:
             pass
         except Failure as exc:
             self.errors.append(str(exc))
+        except Exception as exc:  # a bug here, not the loadgen's: say so rather than hang up
+            self.errors.append(f"server error {exc!r}")
         finally:
-            if w in self.subscribers:
-                self.subscribers.remove(w)
+            for subs in self.channels.values():
+                if w in subs:
+                    subs.remove(w)
             w.close()
 
     async def _handle(self, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         head = await reader.readuntil(b"\r\n\r\n")
+        target = head.split(b" ", 2)[1].decode()
+        query = dict(
+            part.split("=", 1) for part in target.partition("?")[2].split("&") if "=" in part
+        )
+        # chat users: `?user=u3`, or a token `tok-u3` (the loadgen's --tokens file here)
+        user = query.get("user") or (query["token"][4:] if "token" in query else None)
+        if user:
+            if user in self.users:
+                raise Failure(f"two connections for user {user}")
+            self.users[user] = w
         key = next(
             line.split(b":", 1)[1].strip()
             for line in head.split(b"\r\n")
@@ -122,6 +154,9 @@ class AwkwardServer:
         else:
             # welcome in the same write as the 101: the client must parse frames after the head
             w.write(frame(1, welcome))
+        if "token" in query and not self.sio:
+            authed = self.encode("authenticated", {"userId": user, "connectionId": "x"})
+            await self.send(w, frame(1, authed))
         await w.drain()
         offset = 0
         while True:
@@ -146,14 +181,29 @@ class AwkwardServer:
                 msg = json.loads(data)
                 kind, payload = msg["type"], msg.get("payload") or {}
             if kind == "subscribe":
-                self.subscribers.append(w)
-                await self.send(w, frame(1, self.encode("subscribed", {"channel": "bench"})))
+                ch = payload["channel"]
+                self.channels.setdefault(ch, []).append(w)
+                self.joined[ch] = self.joined.get(ch, 0) + 1
+                self.publishers_channels.setdefault(w, set()).add(ch)
+                await self.send(w, frame(1, self.encode("subscribed", {"channel": ch})))
+            elif kind == "chat":
+                to, sender = payload["recipientId"], user
+                if to == sender or to not in self.users or not payload.get("message"):
+                    raise Failure(f"chat from {sender} to {to}: {payload}")
+                self.chats += 1
+                body = {"messageId": "m", "from": sender, "message": payload["message"]}
+                await self.send(self.users[to], frame(1, self.encode("chat", body)))
+                ack = {"messageId": "m", "recipientId": to, "delivered": True, "queued": False}
+                await self.send(w, frame(1, self.encode("chat_received", ack)))
             elif kind == "publish":
+                ch = payload["channel"]
+                if ch not in self.publishers_channels.get(w, ()):
+                    raise Failure(f"publish to {ch}, a channel the publisher is not in")
                 offset += 1
                 pad = "x" * SIZES[offset % len(SIZES)]
-                body = {"channel": "bench", "data": payload["data"], "pad": pad, "offset": offset}
+                body = {"channel": ch, "data": payload["data"], "pad": pad, "offset": offset}
                 out = frame(1, self.encode("message", body))
-                for sub in list(self.subscribers):
+                for sub in list(self.channels.get(ch, ())):
                     extra = b""
                     if offset % 5 == 0:  # a protocol ping (or engine.io ping) between two frames
                         token = b"p%d" % self.pings_sent
@@ -161,17 +211,21 @@ class AwkwardServer:
                         self.expected_pongs.setdefault(sub, deque()).append(token)
                         self.pings_sent += 1
                     await self.send(sub, extra + out)
-                ack = self.encode("published", {"channel": "bench", "offset": offset})
+                ack = self.encode("published", {"channel": ch, "offset": offset})
                 await self.send(w, frame(1, ack))
             elif kind == "ping":
                 await self.send(w, frame(1, self.encode("pong", {"timestamp": 1})))
 
 
-async def run_case(loadgen: Path, sio: bool, kind: str, extra: list[str]) -> dict[str, object]:
+async def run_case(
+    loadgen: Path, sio: bool, kind: str, extra: list[str]
+) -> tuple[dict[str, Any], AwkwardServer]:
     srv = AwkwardServer(sio)
     server = await asyncio.start_server(srv.handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     args = [str(loadgen), kind, "--port", str(port), "--warmup", "0.2", "--duration", "1", *extra]
+    if kind == "idle":
+        args = [str(loadgen), kind, "--port", str(port), "--hold", "0.3", *extra]
     if sio:
         args.append("--sio")
     proc = await asyncio.create_subprocess_exec(*args, stdout=subprocess.PIPE)
@@ -183,7 +237,7 @@ async def run_case(loadgen: Path, sio: bool, kind: str, extra: list[str]) -> dic
     if not result.get("ok") or result.get("errors") or result.get("closed"):
         raise Failure(f"loadgen result: {result}")
     result["pings_sent"], result["pongs_ok"] = srv.pings_sent, srv.pongs_ok
-    return result
+    return result, srv
 
 
 def main() -> int:
@@ -197,37 +251,67 @@ def main() -> int:
 
 
 async def run_all(loadgen: Path) -> int:
-    failed = 0
-    for sio in (False, True):
-        name = "sio" if sio else "ws"
-        cases = [
-            ("fanout", ["--subs", "3", "--window", "4", "--batch-ms", "2"]),
-            ("fanout", ["--subs", "3", "--window", "4", "--batch-ms", "0"]),
-            ("pingpong", ["--conns", "4"]),
-            ("latency", ["--subs", "3", "--rate", "50"]),
-        ]
-        for kind, extra in cases:
-            label = f"{name} {kind} {' '.join(extra)}"
-            try:
-                r = await run_case(loadgen, sio, kind, extra)
-                if kind == "fanout":
-                    # every delivery parsed: on average, each acked publication reached all 3
-                    per_pub = float(r["deliveries_per_s"]) / max(float(r["pubs_per_s"]), 1e-9)  # type: ignore[arg-type]
-                    if not 2.5 <= per_pub <= 3.5 or not r["deliveries"]:
-                        raise Failure(f"{per_pub:.2f} deliveries per publication: {r}")
-                if kind == "latency" and not r["samples"]:
-                    raise Failure(f"no latency samples: {r}")
-                if kind == "pingpong" and not r["round_trips"]:
-                    raise Failure(f"no round trips: {r}")
-                # pings sent just before the loadgen left may go unanswered: one per subscriber
-                if kind == "fanout" and r["pongs_ok"] < r["pings_sent"] - 3:  # type: ignore[operator]
-                    raise Failure(f"pings {r['pings_sent']} answered {r['pongs_ok']}")
-                print(f"ok    {label}")
-            except (TimeoutError, Failure, ValueError, KeyError) as exc:
-                failed += 1
-                print(f"FAIL  {label}: {exc}")
-    print(f"{8 - failed} passed, {failed} failed")
+    failed = passed = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        tokens = Path(tmp) / "tokens"
+        tokens.write_text("".join(f"tok-u{i}\n" for i in range(6)))
+        for sio in (False, True):
+            name = "sio" if sio else "ws"
+            cases = [
+                ("fanout", ["--subs", "3", "--window", "4", "--batch-ms", "2"]),
+                ("fanout", ["--subs", "3", "--window", "4", "--batch-ms", "0"]),
+                ("pingpong", ["--conns", "4"]),
+                ("latency", ["--subs", "3", "--rate", "50"]),
+                ("chat", ["--conns", "6", "--window", "3"]),
+                (
+                    "rooms",
+                    ["--channels", "6", "--per-channel", "3", "--pubs", "2", "--window", "4"],
+                ),
+                ("idle", ["--conns", "20"]),
+            ]
+            if not sio:  # handshake tokens, then `authenticated` (wshub; the peers take none)
+                cases.append(("chat", ["--conns", "6", "--window", "3", "--tokens", str(tokens)]))
+            for kind, extra in cases:
+                label = f"{name} {kind} {' '.join(extra)}"
+                try:
+                    r, srv = await run_case(loadgen, sio, kind, extra)
+                    check(kind, r, srv)
+                    print(f"ok    {label}")
+                    passed += 1
+                except (TimeoutError, Failure, ValueError, KeyError) as exc:
+                    failed += 1
+                    print(f"FAIL  {label}: {exc}")
+    print(f"{passed} passed, {failed} failed")
     return 1 if failed else 0
+
+
+def check(kind: str, r: dict[str, Any], srv: AwkwardServer) -> None:
+    """What the load generator's result must say after a case against the awkward server."""
+    if kind in ("fanout", "rooms"):
+        # every delivery parsed: on average, each acked publication reached all 3 subscribers
+        per_pub = float(r["deliveries_per_s"]) / max(float(r["pubs_per_s"]), 1e-9)
+        if not 2.5 <= per_pub <= 3.5 or not r["deliveries"]:
+            raise Failure(f"{per_pub:.2f} deliveries per publication: {r}")
+    if kind == "fanout" and r["pongs_ok"] < r["pings_sent"] - 3:
+        # pings sent just before the loadgen left may go unanswered: one per subscriber
+        raise Failure(f"pings {r['pings_sent']} answered {r['pongs_ok']}")
+    if kind == "rooms":
+        # 6 channels of 3 subscribers, each also joined by the one publisher that owns it
+        sizes = sorted(srv.joined.values())
+        if sizes != [4] * 6:
+            raise Failure(f"channel sizes {sizes}")
+    if kind == "latency" and not r["samples"]:
+        raise Failure(f"no latency samples: {r}")
+    if kind == "pingpong" and not r["round_trips"]:
+        raise Failure(f"no round trips: {r}")
+    if kind == "chat":
+        acks, deliveries = float(r["chat_acks_per_s"]), float(r["deliveries_per_s"])
+        if not r["deliveries"] or not 0.8 <= deliveries / max(acks, 1e-9) <= 1.2:
+            raise Failure(f"{deliveries:.0f} deliveries/s for {acks:.0f} acks/s: {r}")
+        if r["undelivered"] or len(srv.users) != 6 or srv.chats < int(r["deliveries"]):
+            raise Failure(f"users {sorted(srv.users)}, {srv.chats} chats relayed: {r}")
+    if kind == "idle" and (r["conns"] != 20 or not float(r["handshakes_per_s"]) > 0):
+        raise Failure(f"idle: {r}")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,10 @@
 
 Each peer is a small server speaking the same messages as wshub (shared/PROTOCOL.md): `welcome` on
 connect, `subscribe` -> `subscribed`, `publish` -> `message` to every subscriber of the channel
-plus `published` to the publisher, `ping` -> `pong`. They ignore authentication, history and
-rate limits: they are the yardstick, not a product.
+plus `published` to the publisher, `ping` -> `pong`, `chat` -> `chat` to every connection of the
+recipient plus `chat_received` to the sender. They ignore authentication, history and rate
+limits: they are the yardstick, not a product. A connection's user (for chat) is the `user`
+query parameter of its handshake, the benchmark's stand-in for a JWT's `sub`.
 """
 
 from __future__ import annotations
@@ -15,20 +17,24 @@ import signal
 import sys
 import time
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
 __all__ = [
+    "chat_frames",
     "message_frame",
     "pong",
     "port_from_argv",
     "quiet_sigterm",
     "reply",
     "run_uvicorn",
+    "user_of",
     "welcome",
 ]
 
 _ids = itertools.count(1)
+_messages = itertools.count(1)
 
 
 def port_from_argv() -> int:
@@ -50,13 +56,21 @@ def _ms() -> int:
     return int(time.time() * 1000)
 
 
-def welcome() -> bytes:
+def user_of(target: str | bytes) -> str | None:
+    """The `user` query parameter of a request target (`/ws?user=u3`) or of a query string."""
+    text = target.decode() if isinstance(target, bytes) else target
+    query = urlsplit(text).query if "?" in text or "/" in text else text
+    users = parse_qs(query).get("user")
+    return users[0] if users else None
+
+
+def welcome(user: str | None = None) -> bytes:
     return orjson.dumps(
         {
             "type": "welcome",
             "payload": {
                 "connectionId": f"c{next(_ids)}",
-                "userId": None,
+                "userId": user,
                 "heartbeatInterval": 30000,
                 "serverTime": _ms(),
                 "protocol": 1,
@@ -86,6 +100,18 @@ def message_frame(channel: str, data: Any, offset: int) -> bytes:
             },
         }
     )
+
+
+def chat_frames(
+    sender: str, payload: dict[str, Any], delivered: bool, msg_id: Any = None
+) -> tuple[bytes, bytes]:
+    """`chat` for the recipient's connections and `chat_received` for the sender."""
+    message_id, timestamp = f"m{next(_messages)}", _ms()
+    to = payload.get("recipientId")
+    body = {"messageId": message_id, "from": sender, "message": payload.get("message")}
+    out = orjson.dumps({"type": "chat", "payload": {**body, "timestamp": timestamp}})
+    ack = {"messageId": message_id, "recipientId": to, "delivered": delivered, "queued": False}
+    return out, reply("chat_received", {**ack, "timestamp": timestamp}, msg_id)
 
 
 def pong() -> bytes:

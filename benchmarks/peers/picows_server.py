@@ -12,27 +12,45 @@ from typing import Any
 
 import orjson
 import uvloop
-from _common import message_frame, pong, port_from_argv, quiet_sigterm, reply, welcome
+from _common import (
+    chat_frames,
+    message_frame,
+    pong,
+    port_from_argv,
+    quiet_sigterm,
+    reply,
+    user_of,
+    welcome,
+)
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, WSUpgradeRequest, ws_create_server
 
 TEXT = WSMsgType.TEXT
 channels: dict[str, dict[WSTransport, None]] = {}  # insertion-ordered sets
 offsets: dict[str, int] = {}
+users: dict[str, dict[WSTransport, None]] = {}  # user id -> its connections
 
 
 class Conn(WSListener):
-    def __init__(self) -> None:
+    def __init__(self, user: str | None) -> None:
         self.transport: WSTransport | None = None
         self.joined: set[str] = set()
+        self.user = user
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
-        transport.send(TEXT, welcome())
+        if self.user:
+            users.setdefault(self.user, {})[transport] = None
+        transport.send(TEXT, welcome(self.user))
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         for ch in self.joined:
             channels.get(ch, {}).pop(transport, None)
         self.joined.clear()
+        if self.user:
+            mine = users.get(self.user, {})
+            mine.pop(transport, None)
+            if not mine:
+                users.pop(self.user, None)
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         if frame.msg_type == WSMsgType.CLOSE:
@@ -57,6 +75,12 @@ class Conn(WSListener):
             for sub in channels.get(ch, ()):
                 sub.send(TEXT, frame_bytes)
             transport.send(TEXT, reply("published", {"channel": ch, "offset": offset}, mid))
+        elif kind == "chat" and self.user:
+            conns = users.get(payload.get("recipientId"), {})
+            out, ack = chat_frames(self.user, payload, bool(conns), mid)
+            for conn in conns:
+                conn.send(TEXT, out)
+            transport.send(TEXT, ack)
         elif kind == "ping":
             transport.send(TEXT, pong())
         elif kind == "subscribe":
@@ -75,8 +99,8 @@ class Conn(WSListener):
             transport.send(TEXT, reply("error", err, mid))
 
 
-def listener_factory(_request: WSUpgradeRequest) -> Conn:
-    return Conn()
+def listener_factory(request: WSUpgradeRequest) -> Conn:
+    return Conn(user_of(request.path))
 
 
 async def main() -> None:

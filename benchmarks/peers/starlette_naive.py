@@ -12,18 +12,22 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from _common import message_frame, pong, reply, run_uvicorn, welcome
+from _common import chat_frames, message_frame, pong, reply, run_uvicorn, welcome
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 channels: dict[str, dict[WebSocket, None]] = {}
 offsets: dict[str, int] = {}
+users: dict[str, dict[WebSocket, None]] = {}  # user id -> its connections (chat)
 
 
 async def endpoint(ws: WebSocket) -> None:
     await ws.accept()
-    await ws.send_text(welcome().decode())
+    user = ws.query_params.get("user")
+    if user:
+        users.setdefault(user, {})[ws] = None
+    await ws.send_text(welcome(user).decode())
     joined: set[str] = set()
     try:
         while True:
@@ -51,6 +55,15 @@ async def endpoint(ws: WebSocket) -> None:
                 await ws.send_text(
                     reply("published", {"channel": ch, "offset": offset}, mid).decode()
                 )
+            elif kind == "chat" and user:
+                conns = users.get(payload.get("recipientId"), {})
+                out, ack = chat_frames(user, payload, bool(conns), mid)
+                for conn in list(conns):
+                    try:
+                        await conn.send_text(out.decode())
+                    except Exception:
+                        conns.pop(conn, None)
+                await ws.send_text(ack.decode())
             elif kind == "ping":
                 await ws.send_text(pong().decode())
             elif kind == "subscribe":
@@ -72,6 +85,11 @@ async def endpoint(ws: WebSocket) -> None:
     finally:
         for ch in joined:
             channels.get(ch, {}).pop(ws, None)
+        if user:
+            mine = users.get(user, {})
+            mine.pop(ws, None)
+            if not mine:
+                users.pop(user, None)
 
 
 app = Starlette(routes=[WebSocketRoute("/ws", endpoint)])
