@@ -11,6 +11,10 @@ Mount it into the app you already have::
 
 then call ``await hub.send_to_user(...)``, ``hub.publish(...)``, ``hub.notify_user(...)`` from
 your routes, and register your own message types with ``@hub.on("type")``.
+
+``pip install wshub`` is all this needs: importing ``wshub`` never imports uvicorn, FastAPI, redis
+or the CLI's libraries. ``wshub[server]`` adds ``wshub serve``, ``wshub[redis]`` the Redis store and
+broker, ``wshub[cli]`` ``wshub client`` and ``wshub smoke`` (``wshub[all]``: all of them).
 """
 
 from .asgi import HubMiddleware, WebSocketApp

@@ -8,12 +8,14 @@ import os
 import sys
 from collections.abc import Sequence
 
-from pydantic import ValidationError
-
-from .config import Settings
-from .errors import ConfigError
+from .config import Settings, load_settings
+from .errors import BackendUnavailable, ConfigError
+from .extras import MissingExtra, require
 
 __all__ = ["main"]
+
+#: What `wshub serve` imports beyond the bare install: the [server] extra.
+SERVER_MODULES = ("uvicorn", "fastapi", "httptools", "prometheus_client")
 
 
 def _load_settings(args: argparse.Namespace) -> Settings:
@@ -22,7 +24,7 @@ def _load_settings(args: argparse.Namespace) -> Settings:
         for key in ("host", "port", "path", "store_url", "log_level")
         if (value := getattr(args, key, None)) is not None
     }
-    return Settings(**overrides)
+    return load_settings(**overrides)
 
 
 def _setup_logging(level: str) -> None:
@@ -34,11 +36,11 @@ def _setup_logging(level: str) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    for module in SERVER_MODULES:
+        require(module, "server", needed_by="wshub serve")
     settings = _load_settings(args)
     _setup_logging(settings.log_level)
     log = logging.getLogger("wshub")
-    if settings.jwt_secret is None and settings.jwt_public_key_file is None:
-        log.warning("WS_JWT_SECRET is not set: every authentication attempt will fail")
     if settings.api_key is None:
         log.warning("WS_API_KEY is not set: the HTTP API answers 401")
     from .server.run import serve
@@ -48,7 +50,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_token(args: argparse.Namespace) -> int:
-    settings = Settings()
+    settings = load_settings(server=False)
     if settings.jwt_secret is None:
         print("wshub token: WS_JWT_SECRET is not set (environment or .env)", file=sys.stderr)
         return 2
@@ -85,7 +87,8 @@ def _cmd_asyncapi(args: argparse.Namespace) -> int:
             print(f"wshub asyncapi: {args.app} is not a wshub Hub", file=sys.stderr)
             return 2
     else:
-        hub = create_hub(Settings(store_url="memory://"))
+        # The built-in types only: no store, no keys (authenticator=None: no warning about them).
+        hub = create_hub(store_url="memory://", broker_url="memory://", authenticator=None)
     sys.stdout.write(orjson.dumps(asyncapi_document(hub), option=orjson.OPT_INDENT_2).decode())
     sys.stdout.write("\n")
     return 0
@@ -122,11 +125,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # One line on stderr, never a traceback: 2 for configuration (a bad setting, a missing
+    # extra), 1 for what start-up could not reach (a backend, the port).
     try:
         code: int = args.func(args)
-    except (ValidationError, ConfigError) as exc:
-        print(f"wshub: invalid configuration:\n{exc}", file=sys.stderr)
+    except MissingExtra as exc:
+        print(f"wshub: {exc}", file=sys.stderr)
         return 2
+    except ConfigError as exc:
+        print(f"wshub: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    except BackendUnavailable as exc:
+        print(f"wshub: cannot start: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     return code

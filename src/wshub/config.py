@@ -2,12 +2,34 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import (
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
-__all__ = ["RetentionSpec", "Settings"]
+from .errors import ConfigError
+
+__all__ = [
+    "SERVER_FIELDS",
+    "RetentionSpec",
+    "Settings",
+    "describe_settings_error",
+    "load_settings",
+    "settings_warnings",
+]
+
+#: Settings only ``wshub serve`` reads: an app that mounts the hub does not fail on them.
+SERVER_FIELDS = frozenset({"host", "port", "transport", "tls_cert", "tls_key", "log_level"})
+
+_SCHEMES = ("memory://", "sqlite://", "redis://", "rediss://")
 
 
 class RetentionSpec(BaseModel):
@@ -51,7 +73,7 @@ class Settings(BaseSettings):
 
     # TLS for the standalone server.
     tls_cert: str | None = None
-    tls_key: str | None = None
+    tls_key: str | None = Field(None, validate_default=True)
 
     # Liveness and shutdown.
     heartbeat_interval: int = Field(30_000, ge=100)
@@ -101,16 +123,99 @@ class Settings(BaseSettings):
             raise ValueError(f"unsupported algorithm(s) {bad}; choose from {sorted(allowed)}")
         return value
 
-    @model_validator(mode="after")
-    def _check_tls_pair(self) -> Settings:
-        if (self.tls_cert is None) != (self.tls_key is None):
+    @field_validator("tls_key")
+    @classmethod
+    def _check_tls_pair(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if "tls_cert" in info.data and (info.data["tls_cert"] is None) != (value is None):
             raise ValueError("WS_TLS_CERT and WS_TLS_KEY must be set together")
-        return self
+        return value
 
-    @model_validator(mode="after")
-    def _check_store_urls(self) -> Settings:
-        for name in ("store_url", "broker_url"):
-            url: str = getattr(self, name)
-            if not url.startswith(("memory://", "sqlite://", "redis://", "rediss://")):
-                raise ValueError(f"WS_{name.upper()}: unsupported scheme in {url!r}")
-        return self
+    @field_validator("store_url", "broker_url")
+    @classmethod
+    def _check_store_urls(cls, url: str) -> str:
+        # The message never repeats the URL: it may hold a password.
+        if url.startswith(_SCHEMES):
+            return url
+        choices = "sqlite:///path.db, redis://host:6379/0, rediss://... or memory://"
+        scheme, sep, _ = url.partition("://")
+        if not sep:
+            word = url.strip().rstrip(":/").lower()
+            if f"{word}://" in _SCHEMES:
+                raise ValueError(f"not a URL: did you mean {word}://")
+            raise ValueError(f"not a URL (no ://): expected {choices}")
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", scheme):
+            raise ValueError(f"not a URL: expected {choices}")
+        raise ValueError(f"unsupported scheme {scheme}://: expected {choices}")
+
+
+def _field_label(name: str) -> str:
+    return f"WS_{name.upper()} ({name})" if name in Settings.model_fields else name
+
+
+def describe_settings_error(exc: ValidationError | SettingsError) -> str:
+    """One line naming each bad setting and what is wrong with it, never its value (pydantic's
+    own message repeats every input, secrets included)."""
+    if isinstance(exc, SettingsError):
+        found = re.search(r'field "(\w+)"', str(exc))
+        name = found.group(1) if found else "a setting"
+        return f"{_field_label(name)}: not valid JSON"
+    parts = []
+    for err in exc.errors(include_url=False, include_input=False, include_context=False):
+        loc = [str(part) for part in err["loc"]]
+        msg = err["msg"].removeprefix("Value error, ")
+        if not loc:
+            parts.append(msg)
+            continue
+        label = _field_label(loc[0]) + (f" [{'.'.join(loc[1:])}]" if loc[1:] else "")
+        parts.append(f"{label}: {msg}")
+    return "; ".join(parts)
+
+
+def load_settings(*, server: bool = True, **values: Any) -> Settings:
+    """``Settings(**values)`` (the rest from ``WS_*`` and ``.env``), raising :class:`ConfigError`
+    with :func:`describe_settings_error`'s one line. With ``server=False`` (an app that mounts
+    the hub), bad values of :data:`SERVER_FIELDS` from the environment are ignored: those
+    settings keep their defaults, since only ``wshub serve`` reads them."""
+    try:
+        try:
+            return Settings(**values)
+        except ValidationError as exc:
+            bad = {str(err["loc"][0]) for err in exc.errors() if err["loc"]}
+            unlocated = any(not err["loc"] for err in exc.errors())
+            if server or unlocated or not bad <= SERVER_FIELDS - values.keys():
+                raise
+            if bad & {"tls_cert", "tls_key"}:
+                bad |= {"tls_cert", "tls_key"} - values.keys()
+            defaults = {name: Settings.model_fields[name].default for name in bad}
+            return Settings(**values, **defaults)
+    except (ValidationError, SettingsError) as exc:
+        raise ConfigError(describe_settings_error(exc)) from None
+
+
+def settings_warnings(settings: Settings, *, jwt: bool = True) -> list[str]:
+    """Settings that are valid but probably not what was meant (logged when a hub is created);
+    ``jwt=False`` when the application brings its own authenticator."""
+    warnings = []
+    s = settings
+    if not jwt:
+        pass
+    elif s.jwt_secret is None and s.jwt_public_key_file is None and s.jwt_jwks_url is None:
+        warnings.append(
+            "no WS_JWT_SECRET, WS_JWT_PUBLIC_KEY_FILE or WS_JWT_JWKS_URL is set: "
+            "every authentication attempt will fail"
+        )
+    elif s.jwt_secret is not None and len(s.jwt_secret.get_secret_value().encode()) < 32:
+        warnings.append(
+            "WS_JWT_SECRET is shorter than 32 bytes: tokens signed with it can be brute-forced; "
+            "use a random one (python -c 'import secrets; print(secrets.token_hex(32))')"
+        )
+    for origin in s.allowed_origins:
+        if origin not in ("*", "null") and not re.fullmatch(
+            r"[a-z][a-z0-9+.-]*://[^/?#\s]+", origin
+        ):
+            warnings.append(
+                f"WS_ALLOWED_ORIGINS: {origin!r} is not an origin (scheme://host[:port], no "
+                "path), so no browser's Origin header matches it: write e.g. "
+                f"https://{origin.split('://')[-1].strip('/')}"
+            )
+    return warnings

@@ -1,16 +1,22 @@
 """Build a hub from settings: the store, broker and authenticator their URLs and keys name.
 
-Drivers (sqlite3, redis) are imported only when a URL asks for them.
+Drivers (sqlite3, redis) are imported only when a URL asks for them; one that is not installed
+is a :class:`~wshub.extras.MissingExtra` (a ConfigError) naming the extra to install.
 """
 
 from __future__ import annotations
 
+import inspect
+import logging
 from pathlib import Path
 from typing import Any
 
-from .config import Settings
+from pydantic import ValidationError
+
+from .config import Settings, describe_settings_error, load_settings, settings_warnings
 from .core.hub import Hub
 from .errors import ConfigError
+from .extras import require
 from .interfaces import Authenticator, Broker, Presence, Store
 
 __all__ = [
@@ -22,7 +28,11 @@ __all__ = [
 ]
 
 
+logger = logging.getLogger("wshub")
+
+
 def _redis_url(url: str, setting: str) -> Any:
+    require("redis", "redis", setting, needed_by=url.partition("://")[0] + "://")
     from .redis_support import parse_redis_url
 
     try:
@@ -44,9 +54,9 @@ def create_store(url: str) -> Store:
         except ValueError as exc:
             raise ConfigError(f"WS_STORE_URL: {exc}") from None
     if url.startswith(("redis://", "rediss://")):
+        redis_url = _redis_url(url, "WS_STORE_URL")
         from .stores.redis import RedisStore
 
-        redis_url = _redis_url(url, "WS_STORE_URL")
         return RedisStore(redis_url.url, prefix=redis_url.prefix or "wshub")
     raise ConfigError(f"WS_STORE_URL: no store for {url!r} yet")
 
@@ -57,9 +67,9 @@ def create_broker(url: str) -> Broker:
 
         return MemoryBroker()
     if url.startswith(("redis://", "rediss://")):
+        redis_url = _redis_url(url, "WS_BROKER_URL")
         from .brokers.redis import RedisBroker
 
-        redis_url = _redis_url(url, "WS_BROKER_URL")
         return RedisBroker(redis_url.url, channel_prefix=(redis_url.prefix or "wshub") + ":")
     raise ConfigError(f"WS_BROKER_URL: no broker for {url!r} yet")
 
@@ -71,9 +81,9 @@ def create_presence(url: str, *, node_ttl: float = 10.0) -> Presence:
 
         return MemoryPresence()
     if url.startswith(("redis://", "rediss://")):
+        redis_url = _redis_url(url, "WS_BROKER_URL")
         from .presence.redis import RedisPresence
 
-        redis_url = _redis_url(url, "WS_BROKER_URL")
         return RedisPresence(
             redis_url.url,
             prefix=redis_url.prefix or "wshub",
@@ -108,16 +118,42 @@ def create_authenticator(settings: Settings) -> Authenticator | None:
     )
 
 
-def create_hub(settings: Settings | None = None, **overrides: Any) -> Hub:
-    """A :class:`Hub` configured from ``settings`` (default: the ``WS_*`` environment).
+def _with_settings(settings: Settings | None, values: dict[str, Any]) -> Settings:
+    if settings is None:
+        # Settings only `wshub serve` reads (WS_PORT...) cannot stop an app that mounts the hub.
+        return load_settings(server=False, **values)
+    if not values:
+        return settings
+    try:
+        return type(settings)(_env_file=None, **{**settings.model_dump(), **values})
+    except ValidationError as exc:
+        raise ConfigError(describe_settings_error(exc)) from None
 
-    Keyword arguments (``store=``, ``broker=``, ``authenticator=``) replace what the settings name.
+
+def create_hub(settings: Settings | None = None, **overrides: Any) -> Hub:
+    """A :class:`Hub` configured from ``settings`` (default: the ``WS_*`` environment and
+    ``.env``; a bad value is a :class:`~wshub.errors.ConfigError` naming the setting).
+
+    Keyword arguments named like a setting override it (``create_hub(store_url="memory://",
+    history_size=10)``); ``store=``, ``broker=``, ``presence=`` and ``authenticator=`` objects
+    replace what the settings name.
     """
-    settings = settings if settings is not None else Settings()
-    overrides.setdefault("store", create_store(settings.store_url))
-    overrides.setdefault("broker", create_broker(settings.broker_url))
-    overrides.setdefault(
-        "presence", create_presence(settings.broker_url, node_ttl=settings.node_ttl)
-    )
-    overrides.setdefault("authenticator", create_authenticator(settings))
+    fields = Settings.model_fields if settings is None else type(settings).model_fields
+    hub_params = inspect.signature(Hub).parameters
+    unknown = [k for k in overrides if k not in fields and k not in hub_params]
+    if unknown:
+        raise TypeError(f"create_hub() got an unexpected keyword argument {unknown[0]!r}")
+    values = {k: overrides.pop(k) for k in list(overrides) if k in fields}
+    settings = _with_settings(settings, values)
+    for warning in settings_warnings(settings, jwt="authenticator" not in overrides):
+        logger.warning("%s", warning)
+    # Only what is not given is built (a redis:// URL then needs the redis extra).
+    if "store" not in overrides:
+        overrides["store"] = create_store(settings.store_url)
+    if "broker" not in overrides:
+        overrides["broker"] = create_broker(settings.broker_url)
+    if "presence" not in overrides:
+        overrides["presence"] = create_presence(settings.broker_url, node_ttl=settings.node_ttl)
+    if "authenticator" not in overrides:
+        overrides["authenticator"] = create_authenticator(settings)
     return Hub(settings, **overrides)

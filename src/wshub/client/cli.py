@@ -66,9 +66,9 @@ def add_commands(sub: Any) -> None:
 
 
 def _settings() -> Any:
-    from ..config import Settings
+    from ..config import load_settings
 
-    return Settings()
+    return load_settings(server=False)
 
 
 def _hmac_algorithm(algorithms: list[str]) -> str:
@@ -76,6 +76,9 @@ def _hmac_algorithm(algorithms: list[str]) -> str:
 
 
 def _cmd_client(args: argparse.Namespace) -> int:
+    from ..extras import require
+
+    require("rich", "cli", needed_by="wshub client")
     from .interactive import run_client
 
     token: str | None = args.token
@@ -107,6 +110,10 @@ def _cmd_client(args: argparse.Namespace) -> int:
 
 
 def _cmd_smoke(args: argparse.Namespace) -> int:
+    from ..extras import require
+
+    for module in ("httpx", "rich"):
+        require(module, "cli", needed_by="wshub smoke")
     from rich.console import Console
 
     from .smoke import SmokeTest, render

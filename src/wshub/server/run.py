@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import errno
 import logging
+import os
+import re
 import signal
+import socket
+import ssl
 import threading
 from collections.abc import Generator
 from typing import Any
 
 import uvicorn
 
-from ..config import Settings
+from ..config import Settings, load_settings
 from ..core.hub import Hub
+from ..errors import BackendUnavailable, ConfigError
 from .app import create_app
 
 __all__ = ["DrainingServer", "serve", "uvicorn_config"]
@@ -84,19 +91,146 @@ def uvicorn_config(
     return uvicorn.Config(app, **options)
 
 
+class _StandaloneServer(DrainingServer):
+    """``wshub serve``'s server: the hub's backends are started before uvicorn's lifespan (which
+    then finds the hub started), so one that cannot be reached stops start-up with a
+    :class:`BackendUnavailable` naming its setting instead of a lifespan traceback; "listening"
+    is logged once the socket is bound."""
+
+    startup_error: BackendUnavailable | None = None
+
+    async def startup(self, sockets: Any = None) -> None:
+        if self.hub is not None:
+            try:
+                await _start_backends(self.hub)
+            except BackendUnavailable as exc:
+                self.startup_error = exc
+                self.should_exit = True
+                return
+        await super().startup(sockets)
+        if self.started and self.hub is not None:
+            settings = self.hub.settings
+            bound = self.servers[0].sockets[0].getsockname() if self.servers else None
+            logger.info(
+                "wshub listening on %s://%s:%d%s (store %s)",
+                "wss" if settings.tls_cert else "ws",
+                settings.host,
+                bound[1] if bound else settings.port,
+                settings.path,
+                _redact(settings.store_url),
+            )
+
+
+def _redact(url: str) -> str:
+    """A URL without the password it may hold."""
+    return re.sub(r"(//[^/@]*?:)[^/@]*@", r"\1***@", url)
+
+
+async def _start_backends(hub: Hub) -> None:
+    """``hub.start()``, with a failure of a backend's ``start`` reported as one
+    :class:`BackendUnavailable` naming the setting behind it."""
+    backends: dict[int, tuple[Any, str]] = {}
+    for backend, setting in (
+        (hub.store, "WS_STORE_URL"),
+        (hub.presence_registry, "WS_BROKER_URL"),
+        (hub.broker, "WS_BROKER_URL"),
+    ):
+        backends.setdefault(id(backend), (backend, setting))
+    started: list[Any] = []
+
+    def tagged(backend: Any, setting: str) -> Any:
+        original = backend.start
+
+        async def start(*args: Any, **kwargs: Any) -> Any:
+            try:
+                result = await original(*args, **kwargs)
+            except BackendUnavailable as exc:
+                raise BackendUnavailable(f"{setting}: {exc}") from exc
+            except Exception as exc:
+                raise BackendUnavailable(f"{setting}: {type(exc).__name__}: {exc}") from exc
+            started.append(backend)
+            return result
+
+        return start
+
+    for backend, setting in backends.values():
+        setattr(backend, "start", tagged(backend, setting))  # noqa: B010 (shadows the method)
+    try:
+        await hub.start()
+    except BackendUnavailable:
+        for backend in reversed(started):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(backend.close(), 2)
+        raise
+    except Exception as exc:
+        logger.debug("hub start-up failed", exc_info=True)
+        raise BackendUnavailable(f"hub start-up failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        for backend, _ in backends.values():
+            with contextlib.suppress(AttributeError):
+                delattr(backend, "start")
+
+
+def _check_listen(settings: Settings) -> None:
+    """Fail fast, in one line, when ``WS_HOST:WS_PORT`` cannot be bound (taken, not an address
+    of this machine). uvicorn binds it for real afterwards."""
+    if settings.port == 0:
+        return
+    where = f"{settings.host}:{settings.port}"
+    try:
+        infos = socket.getaddrinfo(
+            settings.host, settings.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise ConfigError(f"WS_HOST: cannot resolve {settings.host!r}: {exc.strerror}") from None
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise BackendUnavailable(
+                        f"WS_PORT: {where} is already in use by another process"
+                    ) from None
+                raise BackendUnavailable(
+                    f"WS_HOST/WS_PORT: cannot listen on {where}: {exc.strerror}"
+                ) from None
+
+
+def _load_tls(config: uvicorn.Config, settings: Settings) -> None:
+    """Load uvicorn's config now, so an unreadable or bad certificate is one ConfigError."""
+    if not (settings.tls_cert and settings.tls_key):
+        config.load()
+        return
+    for name, path in (("WS_TLS_CERT", settings.tls_cert), ("WS_TLS_KEY", settings.tls_key)):
+        if not os.access(path, os.R_OK):
+            problem = "no such file" if not os.path.exists(path) else "not readable"
+            raise ConfigError(f"{name}: cannot read the file ({problem})")
+    try:
+        config.load()
+    except (ssl.SSLError, OSError) as exc:
+        reason = getattr(exc, "reason", None) or exc.strerror or type(exc).__name__
+        raise ConfigError(
+            f"WS_TLS_CERT/WS_TLS_KEY: not a PEM certificate and its private key ({reason})"
+        ) from None
+
+
 def serve(settings: Settings | None = None) -> None:
-    """Run the standalone server until SIGINT/SIGTERM."""
-    settings = settings if settings is not None else Settings()
+    """Run the standalone server until SIGINT/SIGTERM.
+
+    Start-up stops with :class:`ConfigError` (settings that cannot work: exit status 2 from
+    ``wshub serve``) or :class:`BackendUnavailable` (the port is taken, a store or broker cannot
+    be reached: exit status 1), each with a one-line message naming the setting."""
+    settings = settings if settings is not None else load_settings()
     app = create_app(settings)
     hub: Hub = app.state.hub
-    server = DrainingServer(uvicorn_config(app, settings, hub), hub)
-    scheme = "wss" if settings.tls_cert else "ws"
-    logger.info(
-        "wshub listening on %s://%s:%d%s (store %s)",
-        scheme,
-        settings.host,
-        settings.port,
-        settings.path,
-        settings.store_url,
-    )
+    config = uvicorn_config(app, settings, hub)
+    _load_tls(config, settings)
+    _check_listen(settings)
+    server = _StandaloneServer(config, hub)
     server.run()
+    if server.startup_error is not None:
+        raise server.startup_error
