@@ -102,6 +102,17 @@ class GroupCommit:
         cursors, self._cursors = self._cursors, {}
         if self._started is not None and appends:
             self._started(appends)
+        nowait = getattr(self._store, "append_batch_nowait", None)
+        if nowait is not None:  # a store that never waits: no task, no extra turn
+            try:
+                results: list[StreamPosition | Exception] = nowait(appends, cursors)
+            except Exception as exc:
+                logger.exception("store append failed")
+                results = [exc] * len(appends)
+            self._release(callbacks, results)
+            if self._appends or self._cursors:
+                self._wake()
+            return
         self._running = asyncio.ensure_future(self._commit(appends, callbacks, cursors))
 
     async def _commit(
@@ -109,24 +120,30 @@ class GroupCommit:
     ) -> None:
         try:
             try:
-                results: list[StreamPosition | Exception] = (
-                    await self._store.append_batch(appends, cursors) if appends or cursors else []
+                results: list[StreamPosition | Exception] = await self._store.append_batch(
+                    appends, cursors
                 )
             except BackendUnavailable as exc:
                 results = [exc] * len(appends)
             except Exception as exc:  # a bug in a store: every caller hears of it
                 logger.exception("store append failed")
                 results = [exc] * len(appends)
-            self.groups += 1
-            for done, result in zip(callbacks, results, strict=True):
-                try:
-                    if isinstance(result, BaseException):
-                        done(None, result)
-                    else:
-                        done(result, None)
-                except Exception:
-                    logger.exception("append callback failed")
+            self._release(callbacks, results)
         finally:
             self._running = None
             if self._appends or self._cursors:
                 self._start()
+
+    def _release(
+        self, callbacks: list[Committed], results: list[StreamPosition | Exception]
+    ) -> None:
+        """Tell every append of a group how it ended, in order, in one go."""
+        self.groups += 1
+        for done, result in zip(callbacks, results, strict=True):
+            try:
+                if isinstance(result, BaseException):
+                    done(None, result)
+                else:
+                    done(result, None)
+            except Exception:
+                logger.exception("append callback failed")

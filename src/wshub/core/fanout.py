@@ -84,10 +84,13 @@ class LocalFanout:
         items = batch.items
         early = batch.early
         state = batch.state
+        holding, floors = state.holding, state.floors
         frames: FrameBatch | None = None
         overflowed = None
         for s in subscribers:
-            if early or state.holding or state.floors:
+            if (early and s in early) or (holding and s in holding) or (floors and s in floors):
+                # got part of the batch already (see send_pending_to), or catching up, or had
+                # some of it replayed: only what it wants goes out
                 rest = items[early.get(s, 0) :] if early else items
                 if rest and not self.send_items(s, state, rest):
                     overflowed = overflowed or []

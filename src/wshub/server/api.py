@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
@@ -11,6 +10,7 @@ from pydantic import BaseModel, Field, StrictStr, field_validator
 from ..core.hub import Hub
 from ..protocol import MAX_OFFSET, RESERVED_TYPES, ChannelName, NotificationPayload, now_ms
 from ..types import JSON
+from .limits import API_DISABLED, MISSING_KEY, bearer_matches
 
 __all__ = ["build_api_router"]
 
@@ -103,22 +103,23 @@ def build_api_router(hub: Hub) -> APIRouter:
     api_key = hub.settings.api_key.get_secret_value().encode() if hub.settings.api_key else None
 
     def require_key(request: Request) -> None:
-        header = request.headers.get("authorization", "")
+        # ApiLimits (limits.py) has checked the key before the body was read; this holds the
+        # routes to it even where the router is used without that middleware.
         if api_key is None:
-            raise HTTPException(401, "The HTTP API is disabled: set WS_API_KEY")
-        scheme, _, value = header.partition(" ")
-        # compare_digest: the time taken does not tell how much of the key was right.
-        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), api_key):
-            raise HTTPException(401, "Missing or invalid API key", {"WWW-Authenticate": "Bearer"})
+            raise HTTPException(401, API_DISABLED)
+        if not bearer_matches(request.headers.get("authorization"), api_key):
+            raise HTTPException(401, MISSING_KEY, {"WWW-Authenticate": "Bearer"})
 
     router = APIRouter(
         prefix="/api",
         dependencies=[Depends(require_key)],
         tags=["api"],
         responses={
-            401: {"description": "Missing or invalid API key"},
+            401: {"description": "Missing or invalid API key (checked before the body is read)"},
             # e.g. a channel path segment with characters no route matches (a newline)
             404: {"description": "No such route"},
+            408: {"description": "The body did not arrive within WS_REQUEST_TIMEOUT seconds"},
+            413: {"description": "The body is over WS_API_MAX_BODY bytes"},
             503: {"description": "A backend this call needs is unavailable"},
         },
     )

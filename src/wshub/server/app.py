@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
@@ -27,7 +27,8 @@ from ..core.hub import Hub
 from ..errors import BackendUnavailable, InvalidMessage
 from ..factory import create_hub
 from .api import build_api_router
-from .metrics import metrics_response
+from .limits import ApiLimits, content_security_policy, page_headers
+from .metrics import metrics_access, metrics_response
 
 __all__ = ["create_app"]
 
@@ -45,6 +46,16 @@ def create_app(settings: Settings | None = None, *, hub: Hub | None = None) -> F
         lifespan=hub.lifespan,
     )
     app.state.hub = hub
+    settings = hub.settings
+    api_key = settings.api_key.get_secret_value().encode() if settings.api_key else None
+    # In front of every route: the key, the size and the deadline of /api bodies are checked
+    # before FastAPI reads and parses a byte of them.
+    app.add_middleware(
+        ApiLimits,
+        api_key=api_key,
+        max_body=settings.api_max_body,
+        timeout=settings.request_timeout,
+    )
     app.include_router(build_api_router(hub))
     app.router.routes.append(WebSocketRoute(hub.settings.path, WebSocketApp(hub)))
 
@@ -94,7 +105,10 @@ def create_app(settings: Settings | None = None, *, hub: Hub | None = None) -> F
         "/metrics",
         tags=["health"],
         summary="Prometheus metrics",
+        description="Open unless WS_METRICS_KEY is set; then `Authorization: Bearer <key>`.",
         response_class=PlainTextResponse,
+        dependencies=[Depends(metrics_access(settings.metrics_key))],
+        responses={401: {"description": "WS_METRICS_KEY is set and was not given"}},
     )
     async def metrics() -> Response:
         body, content_type = metrics_response(hub)
@@ -117,14 +131,23 @@ def create_app(settings: Settings | None = None, *, hub: Hub | None = None) -> F
         document = asyncapi_document(hub, host=request.headers.get("host"))
         return HTMLResponse(asyncapi_html(document))
 
+    # The pages' inline script and style are allowed by hash, computed here from the files
+    # served; the test page connects to any WebSocket URL typed in, the dashboard only to us.
+    ws_test_headers = page_headers(
+        content_security_policy(STATIC / "ws-test.html", connect="'self' ws: wss:")
+    )
+    admin_headers = page_headers(content_security_policy(STATIC / "admin.html"))
+
     @app.get("/ws-test", include_in_schema=False)
     async def ws_test_page() -> FileResponse:
-        return FileResponse(STATIC / "ws-test.html", media_type="text/html")
+        return FileResponse(
+            STATIC / "ws-test.html", media_type="text/html", headers=ws_test_headers
+        )
 
     @app.get("/admin", include_in_schema=False)
     async def dashboard() -> FileResponse:
         # The page holds no data: it asks for the API key and reads /api/stats with it.
-        return FileResponse(STATIC / "admin.html", media_type="text/html")
+        return FileResponse(STATIC / "admin.html", media_type="text/html", headers=admin_headers)
 
     @app.get("/wshub.js", include_in_schema=False)
     async def js_client() -> FileResponse:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
+from fastapi import HTTPException, Request
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -12,11 +13,13 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from pydantic import SecretStr
 
 from ..core.hub import Hub
 from ..core.stats import HANDLER_BUCKETS
+from .limits import bearer_matches
 
-__all__ = ["metrics_response"]
+__all__ = ["metrics_access", "metrics_response"]
 
 _COUNTERS = {
     "connections_opened": "Connections accepted",
@@ -83,3 +86,20 @@ def metrics_response(hub: Hub) -> tuple[bytes, str]:
         registry.register(_HubCollector(hub))
         hub._metrics_registry = registry  # type: ignore[attr-defined]
     return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def metrics_access(key: SecretStr | None) -> Callable[[Request], None]:
+    """The check in front of ``/metrics``: none without ``WS_METRICS_KEY`` (scrapers usually
+    reach it on a private network; the figures hold no message content), else the bearer key,
+    compared in constant time."""
+    expected = key.get_secret_value().encode() if key is not None else None
+
+    def require_metrics_key(request: Request) -> None:
+        if expected is None:
+            return
+        if not bearer_matches(request.headers.get("authorization"), expected):
+            raise HTTPException(
+                401, "Missing or invalid metrics key", {"WWW-Authenticate": "Bearer"}
+            )
+
+    return require_metrics_key

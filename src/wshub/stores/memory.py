@@ -47,6 +47,13 @@ class MemoryStore:
     async def append_batch(
         self, appends: Sequence[Append], cursors: Mapping[str, int] | None = None
     ) -> list[StreamPosition | Exception]:
+        return self.append_batch_nowait(appends, cursors)
+
+    def append_batch_nowait(
+        self, appends: Sequence[Append], cursors: Mapping[str, int] | None = None
+    ) -> list[StreamPosition | Exception]:
+        """:meth:`append_batch` without a task or a turn of its own (the group commit calls it
+        directly when a store has it): the in-memory store never waits."""
         results: list[StreamPosition | Exception] = []
         bus = self._bus
         for item in appends:
