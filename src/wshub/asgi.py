@@ -20,6 +20,7 @@ import orjson
 
 from .core.hub import Hub
 from .core.outbox import Outbox
+from .core.session import Session
 from .errors import AuthFailed
 from .handshake import handshake_token, origin_allowed
 from .protocol import CloseCode, Frame, FrameBatch
@@ -34,16 +35,23 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
+#: The scope extension of ``wshub.uvicorn_protocols.SafeWebSocketsProtocol`` (the same name
+#: there): it lets the session charge control frames and fragments to its rate limit.
+FRAMES_EXTENSION = "wshub.frames"
+
 
 class ASGIConnection:
     """:class:`~wshub.interfaces.Connection` over an ASGI ``send`` callable."""
 
-    __slots__ = ("_close", "_send", "outbox")
+    __slots__ = ("_close", "_dropped", "_send", "_writer", "_writing", "outbox")
 
     def __init__(self, send: Send, *, max_bytes: int, max_frames: int) -> None:
         self._send = send
         self.outbox = Outbox(max_bytes=max_bytes, max_frames=max_frames)
         self._close: tuple[int, str] | None = None
+        self._dropped = False
+        self._writer: asyncio.Task[None] | None = None
+        self._writing = False
 
     def send(self, frame: Frame) -> bool:
         return self.outbox.put(frame)
@@ -52,18 +60,32 @@ class ASGIConnection:
         return self.outbox.put_all(batch.frames, batch.nbytes)
 
     def close(self, code: int = 1000, reason: str = "", *, drain: bool = True) -> None:
+        """Close after what is queued (``drain``), or now (a slow consumer): the queued frames,
+        and those the writer took but has not sent, are dropped, and a writer waiting for the
+        client to read is cancelled so that the close goes out next."""
         if self._close is None:
             self._close = (code, reason)
         self.outbox.close(drop=not drain)
+        if not drain:
+            self._drop()
 
     def abort(self) -> None:
         """The client is gone: drop whatever is queued and stop the writer without a close."""
         self._close = None
         self.outbox.close(drop=True)
+        self._drop()
+
+    def _drop(self) -> None:
+        self._dropped = True
+        writer = self._writer
+        if self._writing and writer is not None and writer is not asyncio.current_task():
+            writer.cancel()  # blocked in the server's send, waiting for the client to read
 
     async def _write(self, frames: list[Frame]) -> None:
         send = self._send
         for frame in frames:
+            if self._dropped:
+                return
             await send({"type": "websocket.send", "text": frame.text})
 
     async def send_held(self) -> None:
@@ -79,14 +101,29 @@ class ASGIConnection:
 
     async def run_writer(self) -> None:
         """Write queued frames in order until closed; then send the close frame if one is due."""
+        self._writer = asyncio.current_task()
         try:
             while frames := await self.outbox.take():
-                await self._write(frames)
+                self._writing = True
+                try:
+                    await self._write(frames)
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if not self._dropped or task is None or task.uncancel():
+                        raise  # cancelled by someone else
+                    break
+                finally:
+                    self._writing = False
             if self._close is not None:
                 code, reason = self._close
                 await self._send({"type": "websocket.close", "code": code, "reason": reason})
         except Exception as exc:  # the client went away mid-write: nothing left to do
             logger.debug("writer stopped: %r", exc)
+
+
+def _overflow(hub: Hub, session: Session) -> Callable[[], None]:
+    """What to call when the transport's own frames (pongs) would pass the outbound limit."""
+    return lambda: hub._on_overflow(session)
 
 
 class WebSocketApp:
@@ -142,6 +179,9 @@ class WebSocketApp:
         writer = asyncio.create_task(conn.run_writer())
         outbox = conn.outbox
         max_size = settings.max_message_size
+        frames = scope.get("extensions", {}).get(FRAMES_EXTENSION)
+        if frames is not None:  # wshub's uvicorn protocol: control frames count too
+            frames["attach"](session.charge, settings.outbox_max_bytes, _overflow(hub, session))
         try:
             await hub.start_session(session, principal)
             while True:

@@ -55,11 +55,19 @@ _hubs: weakref.WeakValueDictionary[str, Hub] = weakref.WeakValueDictionary()
 
 #: Messages waiting behind a suspended handler before the socket stops being read.
 MAX_BACKLOG = 64
-#: Fragments one message may have (each costs a frame header to parse; a flood of empty
-#: continuation frames must end somewhere even though it adds no bytes).
-MAX_FRAGMENTS = 1024
+#: Bytes each continuation frame costs against ``WS_MAX_MESSAGE_SIZE`` on top of its payload:
+#: a frame header to parse is work even when it carries nothing, so a flood of empty or 1-byte
+#: fragments reaches the size limit (1009) after ``max_size / 64`` frames (1,024 at 64 KiB),
+#: while a large message in many fragments within the limit passes.
+FRAGMENT_OVERHEAD = 64
+#: Continuation frames that cost one token of the connection's rate limit (``Session.charge``):
+#: many-fragment messages cost more than one token each, so flooding them ends in 1008.
+FRAGMENTS_PER_TOKEN = 256
 #: Seconds to wait for the client's close frame (or for a dead peer) before aborting.
 CLOSE_TIMEOUT = 5.0
+#: Seconds a connection closed without draining (a slow consumer, 1013) keeps what the transport
+#: still holds, its close frame last, for a client that resumes reading; then it is aborted.
+SLOW_CLOSE_TIMEOUT = 30.0
 OP_CONT = 0x0
 
 # Close codes a peer may send (RFC 6455 7.4 and the IANA registry).
@@ -122,6 +130,7 @@ class HubProtocol(asyncio.Protocol):
         self._fragments: bytearray | None = None
         self._fragment_opcode = 0
         self._fragment_count = 0
+        self._charged = 0  # the message in progress: its bytes + FRAGMENT_OVERHEAD a fragment
         self._busy: asyncio.Future[None] | None = None
         self._nowait: Callable[[str], Coroutine[Any, Any, None] | None] | None = None
         self._backlog: deque[str] = deque()
@@ -135,6 +144,7 @@ class HubProtocol(asyncio.Protocol):
         self._max_bytes = 0
         self._max_frames = 0
         self._close_timer: asyncio.TimerHandle | None = None
+        self._eof_sent = False
         self.awaiting_pong = False
 
     # -- asyncio.Protocol --------------------------------------------------------------------
@@ -233,15 +243,28 @@ class HubProtocol(asyncio.Protocol):
         return self._out_bytes + buffered
 
     def close(self, code: int = 1000, reason: str = "", *, drain: bool = True) -> None:
-        """Start the closing handshake (queued frames first with ``drain``)."""
+        """Start the closing handshake (queued frames first with ``drain``).
+
+        Without ``drain`` (a slow consumer, abuse) the frames wshub still queues are dropped and
+        the close frame goes right behind what the transport already holds (whole frames), even
+        while writing is paused, followed by a half-close: a client that resumes reading reads
+        the rest and then the close code, not a bare EOF. It has ``SLOW_CLOSE_TIMEOUT`` for it.
+        """
         if self._state != _OPEN:
             return
         self._state = _CLOSING
-        if not drain:
-            self._out.clear()
-            self._out_bytes = 0
-        self._write_now(close_frame(code, reason))
-        self._close_timer = self._loop.call_later(CLOSE_TIMEOUT, self._abort)
+        transport = self.transport
+        if drain or transport is None:
+            self._write_now(close_frame(code, reason))
+            self._arm_close_timer(CLOSE_TIMEOUT)
+            return
+        self._out.clear()
+        self._out_bytes = 0
+        transport.write(close_frame(code, reason))
+        if transport.can_write_eof():  # not on TLS: there the peer's close reply ends it
+            self._eof_sent = True
+            transport.write_eof()
+        self._arm_close_timer(SLOW_CLOSE_TIMEOUT)
 
     # -- handshake ---------------------------------------------------------------------------
 
@@ -352,7 +375,8 @@ class HubProtocol(asyncio.Protocol):
             self._buf += data
             data = bytes(self._buf)
         try:
-            frames, used = parse_frames(data, self._max_size, self._fragments)
+            charged = self._charged if self._fragments is not None else 0
+            frames, used = parse_frames(data, self._max_size, charged)
         except ProtocolViolation as exc:
             self._buf = bytearray()
             self._dispatch_frames(exc.frames)
@@ -376,6 +400,13 @@ class HubProtocol(asyncio.Protocol):
                 return
 
     def _frame(self, opcode: int, fin: bool, payload: bytes) -> None:
+        if self._state == _CLOSING and opcode != OP_CLOSE:
+            # After the server's close frame only the client's close matters; what else it
+            # sends still costs a token, and past the limit the connection ends without it.
+            session = self._session
+            if session is None or not session.charge():
+                self._discard()
+            return
         if opcode in (OP_TEXT, OP_BINARY):
             if self._fragments is not None:
                 raise ProtocolViolation(CloseCode.PROTOCOL_ERROR, "expected a continuation frame")
@@ -385,28 +416,68 @@ class HubProtocol(asyncio.Protocol):
                 self._fragments = bytearray(payload)
                 self._fragment_opcode = opcode
                 self._fragment_count = 1
+                self._charged = len(payload)
         elif opcode == OP_CONT:
             fragments = self._fragments
             if fragments is None:
                 raise ProtocolViolation(CloseCode.PROTOCOL_ERROR, "unexpected continuation frame")
             fragments += payload
-            self._fragment_count += 1
-            if len(fragments) > self._max_size:
+            self._charged += len(payload) + FRAGMENT_OVERHEAD
+            if self._charged > self._max_size:
                 raise ProtocolViolation(CloseCode.MESSAGE_TOO_BIG, "message too big")
-            if self._fragment_count > MAX_FRAGMENTS:
-                raise ProtocolViolation(CloseCode.MESSAGE_TOO_BIG, "too many fragments")
+            count = self._fragment_count = self._fragment_count + 1
+            if count % FRAGMENTS_PER_TOKEN == 0:
+                self._charge()  # over the limit the message still completes, unless abusive
+                if self._state != _OPEN:
+                    return
             if fin:
                 self._fragments = None
                 self._message(self._fragment_opcode, bytes(fragments))
         elif opcode == OP_PING:
-            if self._state == _OPEN:
-                self._queue(frame(payload, OP_PONG))
+            # Queued like any frame: a client that pings but never reads overflows its outbound
+            # limit (1013) instead of growing a queue of pongs.
+            if self._charge() and not self._queue(frame(payload, OP_PONG)):
+                assert self._hub is not None and self._session is not None
+                self._hub._on_overflow(self._session)
         elif opcode == OP_PONG:
-            self.awaiting_pong = False
+            if self._charge():
+                self.awaiting_pong = False
         elif opcode == OP_CLOSE:
             self._peer_closed(payload)
         else:
             raise ProtocolViolation(CloseCode.PROTOCOL_ERROR, f"reserved opcode {opcode}")
+
+    def _charge(self) -> bool:
+        """One token of the rate limit for a control frame or ``FRAGMENTS_PER_TOKEN``
+        fragments. ``False`` past the limit (the frame is ignored); when that closed the
+        session for persistent abuse, the rest of what the client sends is ignored unread."""
+        session = self._session
+        if session is None:
+            return False
+        if session.charge():
+            return True
+        if self._state != _OPEN:
+            self._discard()
+        return False
+
+    def _discard(self) -> None:
+        """End an abusive connection whose close frame is written or queued: no further frame
+        is parsed (bytes that still arrive are dropped as they come, which costs next to
+        nothing and lets the close frame reach the client instead of a reset), the rest is
+        written, then a half-close; aborted ``CLOSE_TIMEOUT`` later if the client stays."""
+        self._state = _CLOSED
+        transport = self.transport
+        if transport is not None:
+            if self._out:
+                transport.write(b"".join(self._out))
+                self._out.clear()
+                self._out_bytes = 0
+            if not transport.can_write_eof():
+                transport.close()
+            elif not self._eof_sent:
+                self._eof_sent = True
+                transport.write_eof()
+        self._arm_close_timer(CLOSE_TIMEOUT)
 
     def _peer_closed(self, payload: bytes) -> None:
         if len(payload) == 1:
@@ -526,8 +597,12 @@ class HubProtocol(asyncio.Protocol):
         self._flush()
         if self.transport is not None:
             self.transport.close()
-        if self._close_timer is None:
-            self._close_timer = self._loop.call_later(CLOSE_TIMEOUT, self._abort)
+        self._arm_close_timer(CLOSE_TIMEOUT)
+
+    def _arm_close_timer(self, delay: float) -> None:
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+        self._close_timer = self._loop.call_later(delay, self._abort)
 
     def _abort(self) -> None:
         if self.transport is not None:
@@ -548,20 +623,22 @@ class HubProtocol(asyncio.Protocol):
 
 
 def parse_frames(
-    data: bytes, max_size: int, fragments: bytearray | None
+    data: bytes, max_size: int, charged: int = 0
 ) -> tuple[list[tuple[int, bool, bytes]], int]:
     """Parse the complete client frames at the start of ``data``.
 
     Returns ``(frames, used)``: each frame as ``(opcode, fin, unmasked payload)``, and how many
     bytes they took; the rest is an incomplete frame to keep for later. A frame's declared length
-    is checked against ``max_size`` (counting ``fragments`` of a message in progress) from its
-    header alone, before its payload is waited for. Raises :class:`ProtocolViolation` for a frame
-    that must fail the connection, with the frames parsed before it in ``args[1]``.
+    is checked against ``max_size`` from its header alone, before its payload is waited for; a
+    continuation frame adds ``charged`` (what the message in progress has cost so far: its bytes
+    plus :data:`FRAGMENT_OVERHEAD` per continuation frame) and its own overhead. Raises
+    :class:`ProtocolViolation` for a frame that must fail the connection, with the frames parsed
+    before it in ``args[1]``.
     """
     frames: list[tuple[int, bool, bytes]] = []
     pos = 0
     end = len(data)
-    pending = len(fragments) if fragments is not None else 0
+    pending = charged
     while end - pos >= 2:
         b0 = data[pos]
         b1 = data[pos + 1]
@@ -585,7 +662,10 @@ def parse_frames(
         if opcode & 0x08:
             if length > 125 or not b0 & 0x80:
                 raise ProtocolViolation(CloseCode.PROTOCOL_ERROR, "bad control frame", frames)
-        elif length + (pending if opcode == OP_CONT else 0) > max_size:
+        elif opcode == OP_CONT:
+            if pending + length + FRAGMENT_OVERHEAD > max_size:
+                raise ProtocolViolation(CloseCode.MESSAGE_TOO_BIG, "message too big", frames)
+        elif length > max_size:
             raise ProtocolViolation(CloseCode.MESSAGE_TOO_BIG, "message too big", frames)
         start = head + 4
         stop = start + length
@@ -594,7 +674,7 @@ def parse_frames(
         payload = apply_mask(data[start:stop], data[head:start]) if length else b""
         frames.append((opcode, bool(b0 & 0x80), payload))
         if opcode == OP_CONT:
-            pending += length
+            pending += length + FRAGMENT_OVERHEAD
         elif opcode in (OP_TEXT, OP_BINARY):
             pending = length
         pos = stop

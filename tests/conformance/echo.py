@@ -5,7 +5,7 @@ The Autobahn fuzzing client expects a server that sends every message back. ``Ec
 :class:`EchoSession` instead of dispatching JSON to handlers and sends no ``welcome``, and binary
 messages are echoed (``HubProtocol._binary``) instead of answered with an ``error``. Everything
 the cases are about stays ``HubProtocol``'s own code: the handshake (the ``websockets`` sans-I/O
-protocol), frame parsing and the size and fragment limits (``parse_frames``), reassembly of
+protocol), frame parsing and the size limit, fragments included (``parse_frames``), reassembly of
 fragments, UTF-8 validation of text messages, pings, pongs and the closing handshake, and the
 coalesced write path (text echoes go out through ``HubProtocol.send``, like every hub frame).
 """

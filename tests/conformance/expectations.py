@@ -49,16 +49,7 @@ INFORMATIONAL: dict[str, str] = {
 
 #: Limits and performance cases (9.x) that end in a deliberate limit of ``HubProtocol``, with
 #: the close code it sends. Autobahn counts a failed limits case as no conformance problem.
-_FRAGMENT_CAP = (
-    "a 4 MiB message in {n} fragments: more than wshub.native.MAX_FRAGMENTS (1024) fragments "
-    "in one message, so the connection is closed with 1009 (the cap ends floods of tiny or "
-    "empty continuation frames, see tests/security/test_cves.py)"
-)
-LIMITS: dict[str, tuple[int, str]] = {
-    "9.3.1": (1009, _FRAGMENT_CAP.format(n="65536 64-byte")),
-    "9.3.2": (1009, _FRAGMENT_CAP.format(n="16384 256-byte")),
-    "9.3.3": (1009, _FRAGMENT_CAP.format(n="4096 1 KiB")),
-    "9.4.1": (1009, _FRAGMENT_CAP.format(n="65536 64-byte (binary)")),
-    "9.4.2": (1009, _FRAGMENT_CAP.format(n="16384 256-byte (binary)")),
-    "9.4.3": (1009, _FRAGMENT_CAP.format(n="4096 1 KiB (binary)")),
-}
+#: None today: 9.3.x and 9.4.x (a 4 MiB message in up to 65,536 fragments) used to end in a cap
+#: of 1,024 fragments (1009); fragments now cost ``wshub.native.FRAGMENT_OVERHEAD`` bytes each
+#: against the size limit instead, and those messages are within it.
+LIMITS: dict[str, tuple[int, str]] = {}
