@@ -21,7 +21,8 @@ import httpx
 import pytest
 import websockets
 
-from wshub.testing import TestServer, run_server
+from wshub.server.app import create_app
+from wshub.testing import TestServer, run_server, serve_asgi
 
 from ..conftest import API_KEY, make_settings
 from ..procs import ServerProcess
@@ -351,6 +352,32 @@ async def test_200_stalled_bodies_are_all_closed_and_a_bystander_is_served(
             for _, writer in conns:
                 await aclose(writer)
         assert await bystander_ok(proc.url)
+
+
+# -- under another server: the limits are the app's own ----------------------------------------
+
+
+async def test_the_api_limits_hold_under_plain_uvicorn() -> None:
+    """Served by uvicorn's own HTTP protocol (no GuardedHttpProtocol, as another ASGI server
+    would): the middleware alone answers 401 before a 30 MiB body is sent, 413 for a declared
+    body over the limit, and 408 for a body that stops arriving."""
+    app = create_app(make_settings(request_timeout=1))
+    async with serve_asgi(app, hub=app.state.hub) as port:
+        pieces = _json_body(30 * MIB)
+        length = sum(map(len, pieces))
+        upload = await _upload(port, _head(length=length), pieces)
+        assert upload.status == 401 and upload.sent < upload.total
+        upload = await _upload(port, _head(length=length, extra=AUTH), pieces)
+        assert upload.status == 413 and upload.sent < upload.total
+
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(_head(length=100_000, extra=AUTH) + b"{")
+            response = await read_response(reader, writer, timeout=8)
+            assert response.status == 408
+            assert b"WS_REQUEST_TIMEOUT" in await asyncio.wait_for(reader.read(), 8)  # then EOF
+        finally:
+            await aclose(writer)
 
 
 # -- headers of the pages, /metrics --------------------------------------------------------------
