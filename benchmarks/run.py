@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Run the wshub benchmarks side by side with the peers, and report.
 
-    make -C benchmarks bench                       # full: 3 repetitions (~21 min on 2 cores)
+    make -C benchmarks bench                       # full: 3 repetitions (~30 min on 2 cores)
     BENCH_QUICK=1 make -C benchmarks bench         # smoke check: 1 repetition, short windows
     BENCH_REPS=5 BENCH_SERVERS=picows,node-ws BENCH_SCENARIOS=fanout-1000 make -C benchmarks bench
 
@@ -293,6 +293,8 @@ def describe_run(rec: dict[str, Any], sc: Scenario) -> str:
         cpu.append(f"[yellow]other processes {rec['other_cpu_ratio'] * 100:.0f}%[/]")
     if rec.get("closed") or rec.get("errors"):
         cpu.append(f"[yellow]{rec.get('closed', 0)} closed, {rec.get('errors', 0)} errors[/]")
+    if rec.get("undelivered"):  # chat: every user is online, so none should be stored instead
+        cpu.append(f"[yellow]{rec['undelivered']} chats acked as not delivered[/]")
     cpu.append(f"{rec['wall_s']:.0f} s")
     return f"{head} {', '.join(parts)}  ({', '.join(cpu)})"
 

@@ -333,6 +333,10 @@ EXTRA_PEER_SCENARIOS = ("fanout-100", "fanout-1000", "pingpong-100", "idle")
 def _bun_missing(_s: Session) -> str | None:
     if not BUN.is_file():
         return "peers/bun/node_modules/.bin/bun missing: run `make -C benchmarks deps` (needs npm)"
+    try:
+        subprocess.run([str(BUN), "--version"], capture_output=True, timeout=20, check=True)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"{BUN} does not run here: {exc}"
     return None
 
 
