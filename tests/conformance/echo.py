@@ -5,9 +5,10 @@ The Autobahn fuzzing client expects a server that sends every message back. ``Ec
 :class:`EchoSession` instead of dispatching JSON to handlers and sends no ``welcome``, and binary
 messages are echoed (``HubProtocol._binary``) instead of answered with an ``error``. Everything
 the cases are about stays ``HubProtocol``'s own code: the handshake (the ``websockets`` sans-I/O
-protocol), frame parsing and the size limit, fragments included (``parse_frames``), reassembly of
-fragments, UTF-8 validation of text messages, pings, pongs and the closing handshake, and the
-coalesced write path (text echoes go out through ``HubProtocol.send``, like every hub frame).
+protocol), frame parsing and the size limit, fragments included (``wshub.transport.frames``),
+reassembly of fragments, UTF-8 validation of text messages, pings, pongs and the closing
+handshake, and the coalesced write path (text echoes go out through ``HubProtocol.send``, like
+every hub frame).
 """
 
 from __future__ import annotations
@@ -42,11 +43,14 @@ class EchoSession(Session):
 
     __slots__ = ()
 
-    async def receive(self, raw: str | bytes) -> None:
+    def receive_nowait(self, raw: str | bytes) -> None:
         text = raw if isinstance(raw, str) else raw.decode()
-        # Completes without suspending, so HubProtocol runs it inline in data_received.
+        # Completes without suspending: HubProtocol runs it inline in data_received.
         if not self.conn.send(Frame(text.encode())):
             self.conn.close(CloseCode.TRY_AGAIN_LATER, "echo outbox full", drain=False)
+
+    async def receive(self, raw: str | bytes) -> None:
+        self.receive_nowait(raw)
 
     def receive_binary(self) -> None:  # pragma: no cover - EchoProtocol echoes binary itself
         raise AssertionError("binary messages are echoed by EchoProtocol")

@@ -13,8 +13,9 @@ import asyncio
 
 import pytest
 
-from wshub import native, uvicorn_protocols
+from wshub import uvicorn_protocols
 from wshub.testing import TestServer
+from wshub.transport import protocol as native
 
 from ..conftest import ServerFactory
 from ..rawws import OP_CLOSE, RawWS
