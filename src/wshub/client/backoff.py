@@ -7,12 +7,19 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["NO_RECONNECT_CODES", "ReconnectPolicy"]
+__all__ = ["DISCONNECTED", "NO_RECONNECT_CODES", "TOKEN_EXPIRED", "ReconnectPolicy"]
 
 #: Close codes after which reconnecting would only repeat the failure: a policy violation
 #: (authentication missing in time, rate-limit abuse; see ``reconnect_on_policy``) and protocol
 #: errors on either side.
 NO_RECONNECT_CODES = frozenset({1002, 1003, 1007, 1008, 1010})
+
+#: The server closed the connection because its token expired (protocol 1.1): reconnecting with
+#: a fresh token (a callable ``token``) resumes every stream.
+TOKEN_EXPIRED = 4001
+#: The server disconnected the user (``POST /api/users/{id}/disconnect``, a revocation): no
+#: reconnect unless ``reconnect_on_disconnect``.
+DISCONNECTED = 4002
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +30,10 @@ class ReconnectPolicy:
     ``min(max_delay, min_delay * factor ** (n + 1))`` seconds, so clients dropped together (a
     server restart) spread their reconnects instead of arriving at once. ``max_attempts`` bounds
     consecutive failed attempts (None: retry forever); a successful connection resets the count.
+
+    ``reconnect_on_policy``: reconnect after 1008 too. ``reconnect_on_disconnect``: reconnect
+    after 4002 (the server disconnected the user on purpose) too; with a revoked token that
+    reconnection is refused (401) and the client closes.
     """
 
     min_delay: float = 0.5
@@ -30,6 +41,7 @@ class ReconnectPolicy:
     factor: float = 2.0
     max_attempts: int | None = None
     reconnect_on_policy: bool = False
+    reconnect_on_disconnect: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_delay <= self.max_delay:
@@ -58,9 +70,12 @@ class ReconnectPolicy:
     def should_reconnect(self, code: int | None) -> bool:
         """Whether a close with ``code``, not asked for by the client, warrants reconnecting.
 
-        1000/1001/1006/1011/1012/1013 and unknown codes: yes. 1008: only with
-        ``reconnect_on_policy``. Protocol errors (1002, 1003, 1007, 1010): no.
+        1000/1001/1006/1011/1012/1013, 4001 (token expired) and unknown codes: yes. 1008: only
+        with ``reconnect_on_policy``; 4002 (disconnected by the server): only with
+        ``reconnect_on_disconnect``. Protocol errors (1002, 1003, 1007, 1010): no.
         """
         if code == 1008:
             return self.reconnect_on_policy
+        if code == DISCONNECTED:
+            return self.reconnect_on_disconnect
         return code not in NO_RECONNECT_CODES

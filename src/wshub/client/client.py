@@ -69,17 +69,22 @@ _RETRYABLE = (
 class Client:
     """A connection to a wshub server that survives drops.
 
-    ``token`` (or ``token_provider``, called before every connection) authenticates the
-    connection with an ``authenticate`` message after ``welcome`` (``token_in_url=True``: as
-    ``?token=`` in the handshake instead, which cannot resume the user stream exactly; see
-    docs/client.md). :meth:`connect` returns once the connection is welcomed, authenticated and
-    its subscriptions are restored; it raises if that first attempt fails.
+    ``token`` (a string, or a plain or async callable returning one: called before every
+    connection, when the server says ``token_expiring`` and before a reconnection after 4001;
+    ``token_provider`` is the same as a callable ``token``) authenticates the connection with an
+    ``authenticate`` message after ``welcome`` (``token_in_url=True``: as ``?token=`` in the
+    handshake instead, which cannot resume the user stream exactly; see docs/client.md).
+    :meth:`connect` returns once the connection is welcomed, authenticated and its subscriptions
+    are restored; it raises if that first attempt fails.
 
     After an unexpected close the client reconnects with ``reconnect`` (a
     :class:`ReconnectPolicy`; False: never), re-authenticates and re-subscribes with ``since``
     and ``epoch`` so that every channel and the user stream continue where they stopped: each
-    message reaches the application once, in order. ``on_gap`` hears of streams whose gap could
-    not be closed. Requests made while reconnecting wait for the connection (within their
+    message reaches the application once, in order. A live stream whose offsets jump (a
+    ``message`` at 7 after 5) is resumed from the last offset without a gap on the same
+    connection, what came after the gap held back until the replay filled it. ``on_gap`` hears
+    of every such jump (:class:`Gap` ``lost`` False) and of streams whose gap could not be
+    closed (``lost`` True). Requests made while reconnecting wait for the connection (within their
     timeout); requests in flight when it drops raise :class:`ConnectionLostError`.
 
     Callbacks (``on``, ``subscribe(callback=...)``, ``on_state``, ``on_gap``) may be plain or
@@ -91,7 +96,7 @@ class Client:
         self,
         url: str,
         *,
-        token: str | None = None,
+        token: str | TokenProvider | None = None,
         token_provider: TokenProvider | None = None,
         token_in_url: bool = False,
         reconnect: ReconnectPolicy | bool = True,
@@ -106,6 +111,8 @@ class Client:
     ) -> None:
         if token is not None and token_provider is not None:
             raise ValueError("give token or token_provider, not both")
+        if callable(token):
+            token, token_provider = None, token
         self.url = url
         self._token = token
         self._token_provider = token_provider
@@ -133,7 +140,10 @@ class Client:
             if user_position is not None
             else StreamState()
         )
-        self._delivery = Distributor(self._dispatcher, user=user, on_gap=on_gap)
+        self._delivery = Distributor(
+            self._dispatcher, user=user, on_gap=on_gap, fill=self._request_fill
+        )
+        self._tasks: set[asyncio.Task[None]] = set()
         self._requests = RequestTable()
         self._subscribing: set[str] = set()
         self._ws: ClientConnection | None = None
@@ -185,7 +195,15 @@ class Client:
             if self._reader is not None and self._reader is not asyncio.current_task():
                 await asyncio.wait({self._reader})
             self._finish(None)
+        await self._cancel_tasks()
         await self._dispatcher.stop()
+
+    async def _cancel_tasks(self) -> None:
+        tasks = [t for t in self._tasks if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
 
     async def wait_closed(self) -> None:
         """Wait until the client is closed for good (by :meth:`close` or by giving up)."""
@@ -479,6 +497,9 @@ class Client:
         )
         self._requests.fail_all(closed)
         self._delivery.end_all(end_with)
+        for task in self._tasks:
+            if task is not asyncio.current_task():
+                task.cancel()
         self._set_state(StateChange(ConnectionState.CLOSED, self.close_code, self.close_reason))
 
     async def _current_token(self) -> str | None:
@@ -579,6 +600,7 @@ class Client:
             pass
         finally:
             self._ready.clear()
+            self._delivery.connection_lost()
             code = ws.close_code
             self._requests.fail_all(ConnectionLostError(f"connection closed ({code})"))
             for waiter in (self._welcome_waiter, self._auth_waiter):
@@ -592,6 +614,8 @@ class Client:
         if env.type == "welcome":
             if self._welcome_waiter is not None and not self._welcome_waiter.done():
                 self._welcome_waiter.set_result(env)
+        elif env.type == "token_expiring" and env.id is None:
+            self._spawn(self._refresh_token(self._ws), "wshub-client-refresh")
         elif env.type == "authenticated" and env.id is None:
             # Right after welcome when the handshake carried the token: a join without since.
             self._delivery.user_joined(fresh=True)(env)
@@ -606,6 +630,68 @@ class Client:
         if was_active and self._ready.is_set():
             with contextlib.suppress(ConnectionLostError, ClientClosedError):
                 await self._call("unsubscribe", {"channel": sub.channel}, timeout=None)
+
+    # -- internals: keeping the connection's credentials and streams whole ---------------------
+
+    def _spawn(self, coro: Awaitable[None], name: str) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _refresh_token(self, ws: ClientConnection | None) -> None:
+        """``token_expiring``: authenticate again on this connection with a fresh token (the
+        reply says ``refreshed: true``; subscriptions and streams go on as they were). Without
+        a callable token there is nothing fresher to send: the server will close with 4001 and
+        the reconnection is refused."""
+        if self._token_provider is None:
+            logger.warning("the token expires soon and no callable token was given to renew it")
+            return
+        try:
+            async with asyncio.timeout(self.request_timeout):
+                token = await self._current_token()
+                if not token or ws is None or self._ws is not ws:
+                    return
+                d = self._delivery
+                await self._request("authenticate", {"token": token}, hook=d.user_refreshed())
+        except (ConnectionLostError, ClientClosedError):
+            pass  # the reconnection authenticates with a fresh token anyway
+        except Exception:
+            logger.warning("refreshing the token failed", exc_info=True)
+
+    def _request_fill(self, sub: Subscription | None) -> None:
+        self._spawn(self._fill(self._ws, sub), "wshub-client-fill")
+
+    async def _fill(self, ws: ClientConnection | None, sub: Subscription | None) -> None:
+        """Resume a stream that jumped, on this connection, from its last contiguous offset
+        (``subscribe`` again with ``since``, or for the user stream ``authenticate`` again with
+        the same user's token and ``since``), then ``ping``: the replay comes right after the
+        resume's reply, so it is complete when the ``pong`` is in."""
+        d = self._delivery
+        try:
+            async with asyncio.timeout(self.request_timeout):
+                if sub is None:
+                    token = await self._current_token()
+                    payload = d.user_fill_payload(token) if token else None
+                    if payload is None or self._ws is not ws:
+                        return
+                    await self._request("authenticate", payload, hook=d.user_refilled())
+                    await self._request("ping", None, hook=lambda _: d.user_fill_done())
+                else:
+                    payload = d.sub_fill_payload(sub)
+                    if payload is None or self._ws is not ws:
+                        return
+                    await self._request("subscribe", payload, hook=d.sub_refilled(sub))
+                    await self._request("ping", None, hook=lambda _: d.sub_fill_done(sub))
+        except (ConnectionLostError, ClientClosedError):
+            pass  # the next connection resumes from the same offset
+        except Exception as exc:  # refused, timed out: hand on what is held, and say so
+            logger.warning("could not fill a gap: %r", exc)
+            if self._ws is ws:
+                if sub is None:
+                    d.user_fill_done(failed=True)
+                else:
+                    d.sub_fill_done(sub, failed=True)
 
     def _set_state(self, change: StateChange) -> None:
         self.state = change.state

@@ -82,12 +82,21 @@ class ChannelMessage:
 
 @dataclass(frozen=True, slots=True)
 class Gap:
-    """A stream could not be resumed without loss (the server answered ``recovered: false``).
+    """A stream skipped offsets, or could not be resumed without loss.
 
     ``stream`` is ``"channel"`` (``name`` is the channel) or ``"user"`` (``name`` is the user
-    id). ``since``/``epoch`` is where the client asked to resume; ``offset``/``current_epoch`` is
-    where the stream stands now. Whatever the server still keeps after ``since`` (all it keeps,
-    when the epoch changed) is delivered all the same; anything older is lost.
+    id). ``since``/``epoch`` is where the client asked to resume (the last offset it had without
+    a gap); ``offset``/``current_epoch`` is where the stream stands now. ``missing`` is the
+    range of offsets (first, last, inclusive) known to be missing, when known.
+
+    ``lost`` False: a jump was seen on a live stream (a ``message`` at offset 7 after 5); the
+    client is resuming from ``since`` on the same connection to fill it, holds back what came
+    after the gap meanwhile, and delivers everything in order. Nothing is lost unless another
+    ``Gap`` with ``lost`` True follows for that stream.
+
+    ``lost`` True: the server answered ``recovered: false`` (or its replay skipped offsets too):
+    whatever it still keeps after ``since`` (all it keeps, when the epoch changed) is delivered
+    all the same; anything older is lost.
     """
 
     stream: Literal["channel", "user"]
@@ -96,6 +105,8 @@ class Gap:
     epoch: str | None
     offset: int
     current_epoch: str
+    missing: tuple[int, int] | None = None
+    lost: bool = True
 
     @property
     def epoch_changed(self) -> bool:

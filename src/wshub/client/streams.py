@@ -10,11 +10,14 @@ after ``authenticated``; those messages are older than ``head`` but newer than `
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from ..types import StreamPosition
 
-__all__ = ["StreamState"]
+__all__ = ["GapFill", "StreamState"]
+
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -31,6 +34,9 @@ class StreamState:
     delivered: int = 0
     head: int = 0
     known: bool = False  # False until joined (or given a position to resume from)
+    #: The last join said ``recovered: false``: the next message starts the numbering over (the
+    #: first one kept after a trimmed gap), it is no jump.
+    loose: bool = False
 
     @classmethod
     def resuming(cls, since: int, epoch: str | None) -> StreamState:
@@ -77,11 +83,67 @@ class StreamState:
             self.head = min(self.head, offset)
         self.epoch = epoch
         self.known = True
+        self.loose = recovered is False
         return recovered is False
+
+    def is_duplicate(self, offset: int) -> bool:
+        """Whether the message at ``offset`` was handed on already."""
+        return offset <= self.delivered
+
+    def jumps(self, offset: int) -> bool:
+        """Whether a new message at ``offset`` leaves a gap after :attr:`since`: something
+        between was not received (a live stream must be contiguous; after a fresh join of the
+        user stream the server's replay of undelivered messages is older than ``head``, so no
+        jump either)."""
+        since = self.since
+        return since is not None and not self.loose and offset > since + 1
 
     def accept(self, offset: int) -> bool:
         """True when the message at ``offset`` is new (and records it); False for a duplicate."""
         if offset <= self.delivered:
             return False
         self.delivered = offset
+        self.loose = False
         return True
+
+
+@dataclass(slots=True)
+class GapFill(Generic[T]):
+    """A jump seen on a live stream, being filled by a resume from :attr:`since` (the last
+    offset received without a gap, on the same connection): the messages after the gap wait in
+    :attr:`held` until the replay has delivered what is missing before them.
+
+    The client resumes, then sends a ``ping``: the server sends a resume's replay right after
+    its reply, so once the ``pong`` is in, the replay is complete and whatever is still held
+    goes out (:meth:`release` with ``flush``), in order, gaps or not.
+    """
+
+    since: int
+    first_seen: int
+    held: dict[int, T] = field(default_factory=dict)
+    #: A ``Gap`` with ``lost`` was reported already (the resume said ``recovered: false``).
+    lost_reported: bool = False
+
+    def hold(self, offset: int, item: T) -> None:
+        self.held.setdefault(offset, item)
+
+    def release(
+        self, state: StreamState, *, flush: bool = False
+    ) -> tuple[list[T], list[tuple[int, int]]]:
+        """Take out of :attr:`held`, in order, what may go now, recording it in ``state``: what
+        follows ``state.delivered`` without a gap; with ``flush``, everything, with the ranges
+        still missing between. Duplicates are dropped."""
+        out: list[T] = []
+        missing: list[tuple[int, int]] = []
+        for offset in sorted(self.held):
+            if state.is_duplicate(offset):
+                del self.held[offset]
+                continue
+            contiguous = state.loose or offset == state.delivered + 1
+            if not (contiguous or flush):
+                break
+            if not contiguous:
+                missing.append((state.delivered + 1, offset - 1))
+            out.append(self.held.pop(offset))
+            state.accept(offset)
+        return out, missing
