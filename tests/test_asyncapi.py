@@ -100,6 +100,11 @@ async def test_every_frame_the_server_sends_matches_its_documented_model(
         seen.append(await amy.request("unsubscribe", {"channel": "presence-room"}))
         seen.append(await anon.request("nope"))
         seen.append(await amy.request("authenticate", {"token": server.token("amy")}))
+    # less than WS_TOKEN_REFRESH_WINDOW left: token_expiring at once
+    async with server.connect(token=server.token("bo", ttl=20)) as bo:
+        await bo.expect("welcome")
+        await bo.expect("authenticated")
+        seen.append(await bo.expect("token_expiring"))
     assert {m["type"] for m in seen} >= set(SERVER_MESSAGES) - {"presence_leave"}
     for msg in seen:
         model, _ = SERVER_MESSAGES[msg["type"]]

@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     jwt_audience: str | None = None
     jwt_issuer: str | None = None
     jwt_leeway: float = Field(30.0, ge=0, description="seconds of clock skew allowed")
+    jwt_require_exp: bool = Field(True, description="refuse tokens without an exp claim")
+    token_refresh_window: float = Field(
+        30.0, ge=0, description="seconds before exp that token_expiring is sent"
+    )
     require_auth: bool = False
     max_auth_attempts: int = Field(5, ge=1, description="failed authenticate per connection")
     auth_timeout: int = Field(10_000, gt=0)

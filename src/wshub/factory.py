@@ -115,6 +115,7 @@ def create_authenticator(settings: Settings) -> Authenticator | None:
         audience=settings.jwt_audience,
         issuer=settings.jwt_issuer,
         leeway=settings.jwt_leeway,
+        require_exp=settings.jwt_require_exp,
     )
 
 

@@ -61,6 +61,8 @@ RESERVED_TYPES = frozenset(
         "presence_join",
         "presence_leave",
         "error",
+        "token_expiring",
+        "close",
     }
 )
 
@@ -86,6 +88,8 @@ class CloseCode(enum.IntEnum):
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
     TRY_AGAIN_LATER = 1013
+    TOKEN_EXPIRED = 4001
+    DISCONNECTED = 4002
 
 
 def now_ms() -> int:
@@ -310,6 +314,7 @@ class WelcomePayload(_ServerPayload):
     heartbeatInterval: int
     serverTime: int
     protocol: Literal[1]
+    features: list[str] = []
 
 
 class PongPayload(_ServerPayload):
@@ -322,6 +327,11 @@ class AuthenticatedPayload(_ServerPayload):
     offset: int
     epoch: str
     recovered: bool | None = None
+    refreshed: bool | None = None
+
+
+class TokenExpiringPayload(_ServerPayload):
+    expiresAt: int
 
 
 class ChatMessagePayload(_ServerPayload):
@@ -348,6 +358,8 @@ class SubscribedPayload(_ServerPayload):
 
 class UnsubscribedPayload(_ServerPayload):
     channel: str
+    server: bool | None = None
+    reason: str | None = None
 
 
 class MessagePayload(_ServerPayload):
@@ -400,4 +412,8 @@ SERVER_MESSAGES: dict[str, tuple[type[BaseModel], str]] = {
     "presence_join": (PresenceEventPayload, "A user's first connection joined a channel."),
     "presence_leave": (PresenceEventPayload, "A user's last connection left a channel."),
     "error": (ErrorPayload, "A message could not be processed; carries the request's id."),
+    "token_expiring": (
+        TokenExpiringPayload,
+        "The connection's token expires at expiresAt: send authenticate with a fresh one.",
+    ),
 }

@@ -56,3 +56,8 @@ class Principal:
     user_id: UserId
     channels: frozenset[str] = frozenset()
     claims: Mapping[str, Any] = field(default_factory=dict)
+    #: When the credential stops being valid (unix seconds; ``None``: never): the connection
+    #: is told ``token_expiring`` ahead of it and closed with 4001 at it, unless refreshed.
+    expires_at: float | None = None
+    #: When it was issued (unix seconds; ``None``: unknown), for revocation.
+    issued_at: float | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import ssl
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,12 @@ from starlette.routing import Route
 from wshub.testing import serve_asgi
 
 from ..conftest import ServerFactory
+
+
+def _in_an_hour() -> int:
+    """An ``exp`` claim: tokens without one are refused (WS_JWT_REQUIRE_EXP)."""
+    return int(time.time()) + 3600
+
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 
@@ -59,12 +66,17 @@ async def test_public_key_algorithms_verify_with_a_key_file(
     (tmp_path / "pub.pem").write_text(_pem_public(key))
     settings = {"jwt_secret": None, "jwt_algorithms": [alg]}
     async with server_factory(jwt_public_key_file=str(tmp_path / "pub.pem"), **settings) as server:
-        good = jwt.encode({"sub": "pat"}, key, algorithm=alg)
+        good = jwt.encode({"sub": "pat", "exp": _in_an_hour()}, key, algorithm=alg)
         assert (await _authenticate(server, good))["payload"]["userId"] == "pat"
-        forged = jwt.encode({"sub": "pat"}, other, algorithm=alg)
+        forged = jwt.encode({"sub": "pat", "exp": _in_an_hour()}, other, algorithm=alg)
         assert (await _authenticate(server, forged))["payload"]["code"] == "auth_failed"
         # algorithm confusion: an HS256 token "signed" with the public key text
-        confused = jwt.encode({"sub": "pat"}, "x" * 64, algorithm="HS256", headers={"alg": "HS256"})
+        confused = jwt.encode(
+            {"sub": "pat", "exp": _in_an_hour()},
+            "x" * 64,
+            algorithm="HS256",
+            headers={"alg": "HS256"},
+        )
         assert (await _authenticate(server, confused))["payload"]["code"] == "auth_failed"
 
 
@@ -75,7 +87,9 @@ async def test_audience_and_issuer_are_checked_when_configured(
         secret = server.settings.jwt_secret.get_secret_value()  # type: ignore[union-attr]
 
         def token(**claims: Any) -> str:
-            return jwt.encode({"sub": "ivy", **claims}, secret, algorithm="HS256")
+            return jwt.encode(
+                {"sub": "ivy", "exp": _in_an_hour(), **claims}, secret, algorithm="HS256"
+            )
 
         ok = token(aud="wshub", iss="https://id.example")
         assert (await _authenticate(server, ok))["type"] == "authenticated"
@@ -125,7 +139,12 @@ async def test_jwks_keys_are_fetched_cached_and_refreshed_on_an_unknown_kid(
                 key = keys.get(kid) or rsa.generate_private_key(
                     public_exponent=65537, key_size=2048
                 )
-                return jwt.encode({"sub": user}, key, algorithm="RS256", headers={"kid": kid})
+                return jwt.encode(
+                    {"sub": user, "exp": _in_an_hour()},
+                    key,
+                    algorithm="RS256",
+                    headers={"kid": kid},
+                )
 
             assert (await _authenticate(server, token("k1", "a")))["type"] == "authenticated"
             assert (await _authenticate(server, token("k1", "b")))["type"] == "authenticated"

@@ -37,6 +37,7 @@ class JWTAuthenticator:
         audience: str | None = None,
         issuer: str | None = None,
         leeway: float = 30.0,
+        require_exp: bool = True,
     ) -> None:
         algorithms = list(algorithms)
         hmac = [a for a in algorithms if a in _HMAC]
@@ -67,6 +68,7 @@ class JWTAuthenticator:
         self._audience = audience
         self._issuer = issuer
         self._leeway = leeway
+        self._require = ["sub", "exp"] if require_exp else ["sub"]
 
     async def _signing_key(self, token: str) -> Any:
         """The key to verify ``token`` with; from the JWKS by ``kid`` when one is configured.
@@ -103,12 +105,16 @@ class JWTAuthenticator:
                 audience=self._audience,
                 issuer=self._issuer,
                 leeway=self._leeway,
-                options={"require": ["sub"], "verify_aud": self._audience is not None},
+                options={"require": self._require, "verify_aud": self._audience is not None},
             )
         except jwt.ExpiredSignatureError:
             raise AuthFailed("Token expired") from None
         except jwt.ImmatureSignatureError:
             raise AuthFailed("Token not valid yet") from None
+        except jwt.MissingRequiredClaimError as exc:
+            if exc.claim == "exp":
+                raise AuthFailed("Invalid token: it has no 'exp' (expiry) claim") from None
+            raise AuthFailed(f"Invalid token: {exc}") from None
         except jwt.InvalidTokenError as exc:
             raise AuthFailed(f"Invalid token: {exc}") from None
         sub = claims.get("sub")
@@ -117,7 +123,20 @@ class JWTAuthenticator:
         channels = claims.get("channels") or []
         if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
             raise AuthFailed("Invalid token: 'channels' must be a list of strings")
-        return Principal(user_id=UserId(sub), channels=frozenset(channels), claims=claims)
+        return Principal(
+            user_id=UserId(sub),
+            channels=frozenset(channels),
+            claims=claims,
+            expires_at=_number(claims.get("exp")),
+            issued_at=_number(claims.get("iat")),
+        )
+
+
+def _number(value: object) -> float | None:
+    """A numeric date claim (PyJWT checked ``exp``; ``iat`` may be anything)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
 
 
 def issue_token(

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from ..protocol import RESERVED_TYPES, CloseCode, ErrorCode, Frame, encode, now_
 from ..types import JSON, ConnectionId, JSONObject, Principal, StoredMessage, StreamPosition, UserId
 from .commit import GroupCommit
 from .delivery import StreamState, StreamTable
+from .expiry import TokenDeadlines
 from .fanout import LocalFanout
 from .permissions import ChannelKind, channel_kind
 from .policy import ChannelPolicy
@@ -42,7 +44,15 @@ from .recovery import read_gap
 from .router import Handler, Route, Router
 from .session import Session
 from .stats import HubStats
-from .streams import StreamKey, channel_stream, pack, parse_topic, unpack, user_stream
+from .streams import (
+    StreamKey,
+    StreamKind,
+    channel_stream,
+    pack,
+    parse_topic,
+    unpack,
+    user_stream,
+)
 
 __all__ = ["Delivery", "Hub", "HubStats", "OverflowPolicy"]
 
@@ -52,6 +62,10 @@ H = TypeVar("H", bound=Handler)
 OverflowPolicy = Literal["disconnect", "drop"]
 
 BROADCAST_TOPIC = "*"
+#: Hub-to-hub commands (a user disconnected or revoked), received by every node.
+CONTROL_TOPIC = "ctl"
+#: Features of protocol 1.1 this hub has, announced in ``welcome``.
+FEATURES = ("token_refresh",)
 
 #: Called when a hub append completes: its position and client frame, or the exception.
 _Done = Callable[[StreamPosition | None, BaseException | None, Frame | None], None]
@@ -73,6 +87,11 @@ def _dumps(value: JSONObject) -> bytes:
         return orjson.dumps(value)
     except orjson.JSONEncodeError as exc:
         raise InvalidMessage(f"payload: cannot be encoded as JSON ({exc})") from None
+
+
+def _revocation_stream(uid: UserId) -> StreamKey:
+    """Where a user's revocation time is kept: the newest message of a one-message stream."""
+    return StreamKey(StreamKind.REVOCATION, uid)
 
 
 class _RefuseAll:
@@ -119,6 +138,8 @@ class Hub:
         #: Application message types sent to clients, for the AsyncAPI document.
         self.server_messages: dict[str, tuple[type[BaseModel], str]] = {}
         self._seq = itertools.count(1)
+        # messageIds of chats: unique cluster-wide (the node id is random), cheap to make
+        self._message_ids = itertools.count(1)
         self._started = False
         self._stopping = False
         # Set whenever no connection is open; drain() and tests await it.
@@ -140,6 +161,14 @@ class Hub:
         self._atomic = False
         # A broker that connects this node to no other: nothing to publish stream messages to.
         self._solo = bool(getattr(broker, "solo", False))
+        # Every connection's token expiry, on one timer.
+        self.deadlines = TokenDeadlines(
+            window=settings.token_refresh_window,
+            expiring=self._token_expiring,
+            expired=self._token_expired,
+        )
+        # Per user: the revocation time (whole seconds) read from the store, or 0 for none.
+        self._revoked: dict[UserId, int] = {}
         #: Whether handlers may start running outside a task (every backend in-process).
         self.eager = all(getattr(b, "eager_safe", True) for b in (store, broker, presence))
         s = self.settings
@@ -175,8 +204,9 @@ class Hub:
         publish_with = getattr(self.store, "publish_with", None)
         self._atomic = bool(publish_with(self.broker)) if publish_with is not None else False
         await self.presence_registry.start(self.node_id, self._announce_leave)
-        await self.broker.start(self._on_broker_message, self.table.resync)
+        await self.broker.start(self._on_broker_message, self._resync)
         await self.broker.subscribe(BROADCAST_TOPIC)
+        await self.broker.subscribe(CONTROL_TOPIC)
         self._started = True
         self._stopping = False
         logger.info("hub %s started", self.node_id)
@@ -352,7 +382,7 @@ class Hub:
         """A client's ``chat``, pipelined like :meth:`publish_for`; ``chat_received`` follows
         once the message is durable in the recipient's stream."""
         uid = UserId(recipient)
-        message_id = uuid.uuid4().hex
+        message_id = f"{self.node_id}{next(self._message_ids):x}"
         timestamp = now_ms()
         envelope = _dumps(
             {
@@ -421,6 +451,29 @@ class Hub:
             await self.broker.publish(BROADCAST_TOPIC, pack(0, frame.data))
         return count
 
+    async def disconnect_user(
+        self, user_id: str, reason: str = "disconnected", *, revoke: bool = False
+    ) -> int:
+        """Close every connection of the user, on every node, with 4002 and ``reason``. With
+        ``revoke``, every token of the user issued at or before now (in whole seconds), or
+        without ``iat``, is refused from now on, on every node and after restarts (kept in the
+        store). Returns how many connections the user had, cluster-wide."""
+        uid = UserId(user_id)
+        revoked = 0
+        if revoke:
+            revoked = int(time.time())
+            await self._append_now(
+                _revocation_stream(uid), b"%d" % revoked, Retention(size=1, ttl=None)
+            )
+        connections = self.connection_count(uid)
+        if not self._solo:
+            connections = max(connections, await self.presence_registry.connections(uid))
+        command = {"op": "disconnect", "userId": uid, "reason": reason, "revoked": revoked}
+        self._control(command)
+        if not self._solo:
+            await self.broker.publish(CONTROL_TOPIC, pack(0, orjson.dumps(command)))
+        return connections
+
     async def is_user_connected(self, user_id: str) -> bool:
         """Whether the user has at least one live connection, on any node."""
         if self._users.get(UserId(user_id)):
@@ -483,8 +536,13 @@ class Hub:
     # -- transport side --------------------------------------------------------------------
 
     async def verify_token(self, token: str) -> Principal:
-        """Verify a credential with the configured authenticator (raises ``AuthFailed``)."""
-        return await self.authenticator.authenticate(token)
+        """Verify a credential with the configured authenticator (raises ``AuthFailed``),
+        refusing one issued at or before its user's revocation (or without ``iat`` then)."""
+        principal = await self.authenticator.authenticate(token)
+        revoked = await self._revoked_until(principal.user_id)
+        if revoked and (principal.issued_at is None or principal.issued_at < revoked + 1):
+            raise AuthFailed("Token revoked")
+        return principal
 
     async def admit(self, ip: str | None, principal: Principal | None) -> tuple[int, str] | None:
         """Whether a handshake may become a connection: ``None``, or the HTTP status and reason
@@ -536,6 +594,7 @@ class Hub:
                 "heartbeatInterval": self.settings.heartbeat_interval,
                 "serverTime": now_ms(),
                 "protocol": 1,
+                "features": list(FEATURES),
             },
         )
         if principal is not None:
@@ -554,6 +613,7 @@ class Hub:
             else:
                 self._per_ip.pop(ip, None)
         session.detach()
+        self.deadlines.disarm(session)
         for channel in list(session.channels):
             self._leave_channel(session, channel)
         uid = session.user_id
@@ -592,13 +652,8 @@ class Hub:
         current = session.principal
         if current is not None:
             if current.user_id != principal.user_id:
-                raise AuthFailed("This connection is already authenticated as another user")
-            session.principal = principal  # a refreshed token: new claims, same stream
-            if since is None:
-                pos = await self.store.position(user_stream(principal.user_id).topic)
-                session.send("authenticated", self._auth_payload(session, pos, None), id=msg_id)
-            else:  # e.g. authenticated at the handshake, now asking to resume exactly
-                await self._catch_up_user(session, principal.user_id, since, epoch, msg_id)
+                raise Forbidden("This connection is authenticated as another user")
+            await self._refresh(session, principal, since, epoch, msg_id)
             return
         uid = principal.user_id
         if not await self._user_has_room(uid):
@@ -627,7 +682,46 @@ class Hub:
             # close_session ran during the awaits; its disconnect may have gone first
             self._spawn(self.presence_registry.disconnect(uid, session.id))
             return
-        await self._catch_up_user(session, uid, since, epoch, msg_id)
+        try:
+            await self._catch_up_user(session, uid, since, epoch, msg_id)
+        finally:  # armed after the reply, so token_expiring never comes before authenticated
+            if session.open and session.principal is principal:
+                self.deadlines.arm(session, principal.expires_at)
+
+    async def _refresh(
+        self,
+        session: Session,
+        principal: Principal,
+        since: int | None,
+        epoch: str | None,
+        msg_id: str | None,
+    ) -> None:
+        """A new token of the same user: new claims and expiry, same stream and subscriptions,
+        except private ones the new token no longer allows (ended with ``unsubscribed``)."""
+        session.principal = principal
+        # at once: the old deadline must not close a connection whose refresh is under way
+        self.deadlines.arm(session, principal.expires_at)
+        for channel in sorted(session.channels):
+            if channel_kind(channel) is not ChannelKind.PRIVATE:
+                continue
+            try:
+                await self.policy.check_subscribe(principal, channel)
+            except Forbidden:
+                if self.unsubscribe(session, channel):
+                    session.send(
+                        "unsubscribed", {"channel": channel, "server": True, "reason": "forbidden"}
+                    )
+            if not session.open:
+                return
+        if since is None:
+            pos = await self.store.position(user_stream(principal.user_id).topic)
+            session.send(
+                "authenticated", self._auth_payload(session, pos, None, refreshed=True), id=msg_id
+            )
+        else:  # e.g. authenticated at the handshake, now asking to resume exactly
+            await self._catch_up_user(
+                session, principal.user_id, since, epoch, msg_id, refreshed=True
+            )
 
     async def _catch_up_user(
         self,
@@ -636,6 +730,8 @@ class Hub:
         since: int | None,
         epoch: str | None,
         msg_id: str | None,
+        *,
+        refreshed: bool = False,
     ) -> None:
         """Reply ``authenticated`` and send the user's stream from the delivery cursor (or from
         ``since``), holding back live messages until the replay is out."""
@@ -652,7 +748,8 @@ class Hub:
         if not session.open:
             self.table.drop(session, key)
             return
-        session.send("authenticated", self._auth_payload(session, pos, recovered), id=msg_id)
+        payload = self._auth_payload(session, pos, recovered, refreshed=refreshed)
+        session.send("authenticated", payload, id=msg_id)
         last = self.table.release(session, key, pos, messages, session.send_frame)
         if last:
             self.commits.advance_cursor(key.topic, last)
@@ -769,7 +866,12 @@ class Hub:
         self._channel_event(channel, "presence_leave", {"channel": channel, "userId": user_id})
 
     def _auth_payload(
-        self, session: Session, pos: StreamPosition, recovered: bool | None
+        self,
+        session: Session,
+        pos: StreamPosition,
+        recovered: bool | None,
+        *,
+        refreshed: bool = False,
     ) -> JSONObject:
         payload: JSONObject = {
             "userId": session.user_id,
@@ -779,6 +881,8 @@ class Hub:
         }
         if recovered is not None:
             payload["recovered"] = recovered
+        if refreshed:
+            payload["refreshed"] = True
         return payload
 
     def _on_overflow(self, session: Session) -> None:
@@ -788,6 +892,47 @@ class Hub:
             return
         session.log.warning("closing slow consumer: outbound queue full")
         session.close(CloseCode.TRY_AGAIN_LATER, "slow consumer", drain=False)
+
+    def _token_expiring(self, session: Session, expires_at: float) -> None:
+        if session.open:
+            session.send("token_expiring", {"expiresAt": int(expires_at * 1000)})
+
+    def _token_expired(self, session: Session) -> None:
+        if session.open:
+            session.log.info("closing: token expired")
+            session.close(CloseCode.TOKEN_EXPIRED, "token expired")
+
+    async def _revoked_until(self, uid: UserId) -> int:
+        """The user's revocation time (whole seconds), 0 for none: from this node's cache, kept
+        up to date by other nodes' commands, else from the store."""
+        known = self._revoked.get(uid)
+        if known is not None:
+            return known
+        messages, _ = await self.store.read(_revocation_stream(uid).topic, 0)
+        revoked = int(messages[-1].data) if messages else 0
+        if len(self._revoked) > 100_000:  # a cache: users who come back are read again
+            self._revoked.clear()
+        self._revoked[uid] = revoked
+        return revoked
+
+    def _control(self, command: JSONObject) -> None:
+        """A hub-to-hub command, from this node or another."""
+        if command.get("op") != "disconnect" or not isinstance(command.get("userId"), str):
+            logger.warning("ignoring an unknown hub command")
+            return
+        uid = UserId(command["userId"])
+        revoked = command.get("revoked")
+        if isinstance(revoked, int) and revoked > self._revoked.get(uid, 0):
+            self._revoked[uid] = revoked
+        reason = str(command.get("reason") or "disconnected")[:120]
+        for session in self.sessions_of(uid):
+            session.log.info("closing: disconnected by the server (%s)", reason)
+            session.close(CloseCode.DISCONNECTED, reason)
+
+    def _resync(self) -> None:
+        """The broker lost messages: read the streams again, forget cached revocations."""
+        self._revoked.clear()
+        self.table.resync()
 
     def _auth_deadline(self, session: Session) -> None:
         if session.principal is None and session.open:
@@ -823,12 +968,14 @@ class Hub:
                 return
             frame = Frame(key.frame_data(body, pos.offset))
             self.table.committed(topic, pos.offset, frame)
-            if not self._atomic and not self._solo:
+            if not self._atomic and not self._solo and key.kind is not StreamKind.REVOCATION:
                 self._spawn(self.broker.publish(topic, pack(pos.offset, body)))
             done(pos, None, frame)
 
+        published = key.kind is not StreamKind.REVOCATION  # bookkeeping: nobody listens
         self.commits.append(
-            Append(topic, body, retention, topic if self._atomic else None), committed
+            Append(topic, body, retention, topic if self._atomic and published else None),
+            committed,
         )
 
     async def _append_now(
@@ -873,6 +1020,14 @@ class Hub:
             return
         if topic == BROADCAST_TOPIC:
             self.local.broadcast(Frame(body), list(self.sessions.values()))
+            return
+        if topic == CONTROL_TOPIC:
+            try:
+                command = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                command = None
+            if isinstance(command, dict):
+                self._control(command)
             return
         if offset:
             state = self.table.get(topic)

@@ -77,8 +77,11 @@ class _SessionLog(logging.LoggerAdapter[logging.Logger]):
 
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
         session = self.session
-        kwargs["extra"] = {"connection_id": session.id, "user_id": session.user_id}
-        return f"[{session.id} user={session.user_id}] {msg}", kwargs
+        user = session.user_id
+        if user is not None and not user.isprintable():
+            user = UserId(repr(user))  # a token's sub with a newline must not forge log lines
+        kwargs["extra"] = {"connection_id": session.id, "user_id": user}
+        return f"[{session.id} user={user}] {msg}", kwargs
 
 
 class Session:

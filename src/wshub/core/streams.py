@@ -32,6 +32,8 @@ __all__ = [
 class StreamKind(Enum):
     CHANNEL = "c"
     USER = "u"
+    #: The hub's own bookkeeping per user (a revocation time): stored, never delivered.
+    REVOCATION = "r"
 
 
 def message_envelope(body: bytes, offset: int) -> bytes:

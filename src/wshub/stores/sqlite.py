@@ -55,6 +55,9 @@ CREATE INDEX IF NOT EXISTS messages_expires ON messages (expires) WHERE expires 
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 """
 
+#: Moves a cursor forward, never past its stream's top: (offset, stream, offset, offset).
+_ADVANCE = "UPDATE streams SET cursor = ? WHERE name = ? AND cursor < ? AND top >= ?"
+
 _Op = Callable[[sqlite3.Connection], Any]
 #: (future, value, exception): how one operation ended, settled on the event loop.
 _Result = tuple[asyncio.Future[Any], Any, BaseException | None]
@@ -116,6 +119,9 @@ class SQLiteStore:
         self._failed: BaseException | None = None
         # One epoch per database file: a lost or replaced file means new epochs everywhere.
         self.epoch = ""
+        # The writer thread's: stream tops (see _tops_for) and the data_version they go with.
+        self._tops: dict[str, list[Any]] = {}
+        self._version = -1
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -158,7 +164,8 @@ class SQLiteStore:
         self, appends: Sequence[Append], cursors: Mapping[str, int] | None = None
     ) -> list[StreamPosition | Exception]:
         """Every append (and cursor) as one operation of the writer thread, so in one
-        transaction with whatever else is waiting: one commit, one fsync."""
+        transaction with whatever else is waiting: one commit, one fsync. The rows go in with
+        one ``executemany`` per statement; streams' tops come from the thread's cache."""
         now = self._clock()
         items = [
             (
@@ -169,55 +176,68 @@ class SQLiteStore:
             )
             for a in appends
         ]
-        advance = list((cursors or {}).items())
+        moves = dict(cursors or {})
 
         def op(db: sqlite3.Connection) -> list[StreamPosition | Exception]:
+            tops = self._tops_for(db)
             results: list[StreamPosition | Exception] = []
+            rows: list[tuple[str, int, float | None, bytes]] = []
+            touched: dict[str, tuple[list[Any], int | None]] = {}
             for stream, data, size, expires in items:
-                try:
-                    db.execute("SAVEPOINT item")
-                    results.append(self._append(db, stream, data, size, expires))
-                    db.execute("RELEASE item")
-                except (sqlite3.Error, OverflowError, ValueError) as exc:
-                    db.execute("ROLLBACK TO item")
-                    db.execute("RELEASE item")
-                    results.append(BackendUnavailable(f"SQLite: {exc}"))
-            for stream, offset in advance:
-                self._advance(db, stream, offset)
+                top = tops.get(stream)
+                if top is None:
+                    row = db.execute(
+                        "SELECT top, epoch FROM streams WHERE name = ?", (stream,)
+                    ).fetchone()
+                    top = tops[stream] = [row[0], row[1], False] if row else [0, self.epoch, True]
+                top[0] += 1
+                touched[stream] = (top, size)
+                if size != 0:
+                    rows.append((stream, top[0], expires, data))
+                results.append(StreamPosition(top[0], top[1]))
+            if rows:
+                db.executemany(
+                    "INSERT INTO messages (stream, offset, expires, data) VALUES (?, ?, ?, ?)",
+                    rows,
+                )
+            created, updated, trimmed = [], [], []
+            for stream, (top, size) in touched.items():
+                if top[2]:
+                    created.append((stream, top[0], top[1]))
+                    top[2] = False
+                else:
+                    # a stream's cursor moving in the same group goes in the same statement
+                    cursor = moves.pop(stream, 0)
+                    updated.append((top[0], cursor, cursor, stream))
+                if size is not None and top[0] > size:
+                    trimmed.append((stream, top[0] - size))
+            if created:
+                db.executemany("INSERT INTO streams (name, top, epoch) VALUES (?, ?, ?)", created)
+            if updated:
+                db.executemany(
+                    "UPDATE streams SET top = ?1,"
+                    " cursor = CASE WHEN ?2 > cursor AND ?3 <= ?1 THEN ?2 ELSE cursor END"
+                    " WHERE name = ?4",
+                    updated,
+                )
+            if trimmed:
+                db.executemany("DELETE FROM messages WHERE stream = ? AND offset <= ?", trimmed)
+            if moves:
+                db.executemany(_ADVANCE, [(o, stream, o, o) for stream, o in moves.items()])
             return results
 
         result: list[StreamPosition | Exception] = await self._submit(op)
         return result
 
-    def _append(
-        self,
-        db: sqlite3.Connection,
-        stream: str,
-        data: bytes,
-        size: int | None,
-        expires: float | None,
-    ) -> StreamPosition:
-        row = db.execute("SELECT top, epoch FROM streams WHERE name = ?", (stream,)).fetchone()
-        if row is None:
-            offset, epoch = 1, self.epoch
-            db.execute(
-                "INSERT INTO streams (name, top, epoch) VALUES (?, ?, ?)",
-                (stream, offset, epoch),
-            )
-        else:
-            offset, epoch = row[0] + 1, row[1]
-            db.execute("UPDATE streams SET top = ? WHERE name = ?", (offset, stream))
-        if size != 0:
-            db.execute(
-                "INSERT INTO messages (stream, offset, expires, data) VALUES (?, ?, ?, ?)",
-                (stream, offset, expires, data),
-            )
-            if size is not None and offset > size:
-                db.execute(
-                    "DELETE FROM messages WHERE stream = ? AND offset <= ?",
-                    (stream, offset - size),
-                )
-        return StreamPosition(offset, epoch)
+    def _tops_for(self, db: sqlite3.Connection) -> dict[str, list[Any]]:
+        """The writer thread's cache of ``[top, epoch, not yet in streams]`` per stream, valid
+        while no other connection wrote to the file (``PRAGMA data_version``) and no
+        operation of ours was rolled back (``_execute`` clears it then)."""
+        version = db.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._version or len(self._tops) > 100_000:
+            self._tops.clear()
+            self._version = version
+        return self._tops
 
     async def read(
         self, stream: str, since: int, limit: int | None = None
@@ -253,10 +273,7 @@ class SQLiteStore:
 
     @staticmethod
     def _advance(db: sqlite3.Connection, stream: str, offset: int) -> None:
-        db.execute(
-            "UPDATE streams SET cursor = ? WHERE name = ? AND cursor < ? AND top >= ?",
-            (offset, stream, offset, offset),
-        )
+        db.execute(_ADVANCE, (offset, stream, offset, offset))
 
     async def healthy(self) -> bool:
         """The writer thread runs and answers a trivial query."""
@@ -338,12 +355,14 @@ class SQLiteStore:
                 except (sqlite3.Error, OverflowError, ValueError) as exc:
                     # One bad operation (an out-of-range number, say) fails alone; the writer
                     # thread and the rest of the batch carry on.
+                    self._tops.clear()  # what the cache counted may have been rolled back
                     db.execute("ROLLBACK TO op")
                     db.execute("RELEASE op")
                     results.append((future, None, BackendUnavailable(f"SQLite: {exc}")))
             db.execute("COMMIT")
         except sqlite3.Error as exc:  # the commit itself failed: nothing in the batch happened
             logger.error("SQLite transaction failed: %s", exc)
+            self._tops.clear()
             if db.in_transaction:
                 db.execute("ROLLBACK")
             error = BackendUnavailable(f"SQLite: {exc}")
