@@ -31,6 +31,11 @@ RUN_JS_TEST = """async ([name, goldens]) => {
         "requestsWaitForTheConnection",
         "backoffIsExponentialWithFullJitter",
         "streamStateResumesFromWhatWasDelivered",
+        "fillsAGapOnALiveChannel",
+        "aFillThatCannotRecoverIsLost",
+        "fillsAGapInTheUserStream",
+        "refreshesTheTokenOnTokenExpiring",
+        "credentialCloseCodes",
     ],
 )
 async def test_client_module(open_page: PageFactory, name: str, transport: str) -> None:
@@ -99,7 +104,7 @@ async def test_the_client_resumes_a_real_server_stream_after_a_drop(
         server.token("alice"),
     )
     await server.hub.publish("news", "before")
-    await page.page.wait_for_function("window.received.length === 1")
+    await page.page.wait_for_function("() => window.received.length === 1")
 
     for session in list(server.hub.sessions.values()):
         session.close(1012, "restart")
@@ -108,7 +113,9 @@ async def test_the_client_resumes_a_real_server_stream_after_a_drop(
     await server.hub.notify_user("alice", "missed", "while away")
     assert not server.hub.sessions  # both went out while the client was disconnected
 
-    await page.page.wait_for_function("client.state === 'open' && received.length >= 3")
+    await page.page.wait_for_function(
+        "() => window.client.state === 'open' && window.received.length >= 3"
+    )
     await page.page.evaluate("window.client.ping()")  # anything duplicated would have come by now
     received = await page.page.evaluate("window.received")
     # Each stream in order and once; the user stream's replay comes first (authentication is

@@ -484,3 +484,176 @@ export async function streamStateResumesFromWhatWasDelivered() {
   assertEqual(resolveUrl("http://h:1/x"), "ws://h:1/x", "http → ws");
   return "ok";
 }
+
+// -- gaps on a live stream, the token ----------------------------------------------------------
+
+/** A `message` frame on `channel` at `offset` (data: the offset). */
+function messageAt(goldens, offset, channel = "news") {
+  const frame = structuredClone(goldens["server/message"].frame);
+  Object.assign(frame.payload, { channel, offset, data: offset });
+  return frame;
+}
+
+/** A user-stream `chat` frame at `offset`. */
+function chatAt(goldens, offset) {
+  const frame = structuredClone(goldens["server/chat"].frame);
+  frame.offset = offset;
+  return frame;
+}
+
+/** Channel news: 1, 2, 5 live; the resume with since=2 replays `replayed` (recovered as
+ * given); then 6 live. Returns what the handler got, the gap events and the resume frame. */
+async function channelWithAJump(goldens, replayed, recovered) {
+  const { client, socket } = await connected(goldens);
+  const offsets = [];
+  const gaps = [];
+  const duplicates = [];
+  client.addEventListener("gap", ({ detail }) => gaps.push(detail));
+  client.addEventListener("frame", ({ detail }) => {
+    if (detail.duplicate) duplicates.push(detail.message.payload.offset);
+  });
+  const subscribing = client.subscribe("news", (payload) => offsets.push(payload.offset));
+  socket.deliver(reply(goldens, "server/subscribed", await socket.nth(0), { offset: 0 }));
+  await subscribing;
+  const epoch = goldens["server/subscribed"].frame.payload.epoch;
+  for (const offset of [1, 2, 5]) socket.deliver(messageAt(goldens, offset));
+  assertEqual(offsets, [1, 2], "what comes after the gap is held back");
+  const resume = await socket.nth(1, "the resume");
+  socket.deliver(reply(goldens, "server/subscribed", resume, { offset: 5, recovered }));
+  for (const offset of replayed) socket.deliver(messageAt(goldens, offset));
+  const ping = await socket.nth(2, "the ping after the resume");
+  assertEqual(ping.type, "ping", "a ping follows the resume");
+  socket.deliver(reply(goldens, "server/pong", ping));
+  socket.deliver(messageAt(goldens, 6));
+  const recoveredAfter = client.subscriptions[0].recovered;
+  await client.close();
+  return { offsets, gaps, resume, epoch, duplicates, recoveredAfter };
+}
+
+/** A jump on a live channel: resumed with since = the last contiguous offset, the replay fills
+ * the gap before what came after it, duplicates dropped, `gap` told (lost: false). */
+export async function fillsAGapOnALiveChannel(goldens) {
+  const r = await channelWithAJump(goldens, [3, 4, 5], true);
+  assertEqual(r.resume.type, "subscribe", "the fill subscribes again");
+  assertEqual(r.resume.payload, { channel: "news", since: 2, epoch: r.epoch }, "with since/epoch");
+  assertEqual(r.offsets, [1, 2, 3, 4, 5, 6], "every message once, in order");
+  assertEqual(r.duplicates, [5], "the replayed 5 is a duplicate of the one held");
+  assertEqual(
+    r.gaps.map((g) => [g.stream, g.name, g.since, g.offset, g.missing, g.lost]),
+    [["channel", "news", 2, 5, [3, 4], false]],
+    "one gap event, not lost",
+  );
+  assertEqual(r.recoveredAfter, true, "recovered");
+  return "ok";
+}
+
+/** A fill the server cannot recover (`recovered: false`): told as lost, the rest in order. */
+export async function aFillThatCannotRecoverIsLost(goldens) {
+  const r = await channelWithAJump(goldens, [4, 5], false);
+  assertEqual(r.offsets, [1, 2, 4, 5, 6], "what is kept, in order");
+  assertEqual(
+    r.gaps.map((g) => [g.since, g.missing, g.lost]),
+    [[2, [3, 4], false], [2, [3, 4], true]],
+    "the jump, then the loss",
+  );
+  assertEqual(r.recoveredAfter, false, "recovered is false");
+
+  const hole = await channelWithAJump(goldens, [3, 5], true);
+  assertEqual(hole.offsets, [1, 2, 3, 5, 6], "a replay with a hole: what came, in order");
+  assertEqual(hole.gaps.map((g) => [g.since, g.missing, g.lost]), [[2, [3, 4], false], [3, [4, 4], true]], "hole");
+  assertEqual(hole.recoveredAfter, false, "recovered is false after a hole");
+  return "ok";
+}
+
+/** A jump in the user stream: authenticate again on the same connection with a fresh token
+ * from the token function, since and epoch; the replay fills the gap. */
+export async function fillsAGapInTheUserStream(goldens) {
+  let calls = 0;
+  const token = async () => `tok-${++calls}`;
+  const Socket = fakeSocketClass();
+  const c = new WshubClient("ws://fake.test/ws", { token, reconnect: false, WebSocket: Socket });
+  const chats = [];
+  const gaps = [];
+  c.on("chat", (payload, envelope) => chats.push(envelope.offset));
+  c.addEventListener("gap", ({ detail }) => gaps.push(detail));
+  const ready = c.connect();
+  const s = await Socket.nth(0);
+  s.deliver(goldens["server/welcome"].frame);
+  const auth = await s.nth(0);
+  assertEqual(auth.payload, { token: "tok-1" }, "the first authentication");
+  const epoch = goldens["server/authenticated"].frame.payload.epoch;
+  s.deliver(reply(goldens, "server/authenticated", auth, { offset: 0 }));
+  await ready;
+  s.deliver(chatAt(goldens, 1));
+  s.deliver(chatAt(goldens, 3));
+  const again = await s.nth(1, "the resume");
+  assertEqual([again.type, again.payload], ["authenticate", { token: "tok-2", since: 1, epoch }], "resume");
+  s.deliver(reply(goldens, "server/authenticated", again, { offset: 3, recovered: true, refreshed: true }));
+  s.deliver(chatAt(goldens, 2));
+  s.deliver(chatAt(goldens, 3));
+  const ping = await s.nth(2, "the ping");
+  s.deliver(reply(goldens, "server/pong", ping));
+  s.deliver(chatAt(goldens, 4));
+  assertEqual(chats, [1, 2, 3, 4], "the user stream once, in order");
+  assertEqual(gaps.map((g) => [g.stream, g.since, g.missing, g.lost]), [["user", 1, [2, 2], false]], "gap");
+  assertEqual(c.userRecovered, true, "userRecovered");
+  await c.close();
+  return "ok";
+}
+
+/** `token_expiring`: the token function is asked again and the connection authenticated in
+ * place (no since: nothing replayed); `tokenrefresh` tells the application. */
+export async function refreshesTheTokenOnTokenExpiring(goldens) {
+  let calls = 0;
+  const { client, socket, Socket } = await connected(goldens, { token: () => `tok-${++calls}` });
+  const refreshes = [];
+  client.addEventListener("tokenrefresh", ({ detail }) => refreshes.push(detail));
+  socket.deliver({ type: "token_expiring", payload: { expiresAt: 1795713739000 } });
+  const refresh = await socket.nth(1, "the refresh");
+  assertEqual([refresh.type, refresh.payload], ["authenticate", { token: "tok-2" }], "refresh frame");
+  socket.deliver(reply(goldens, "server/authenticated", refresh, { refreshed: true }));
+  await until(() => refreshes.length === 1, "tokenrefresh");
+  assertEqual([refreshes[0].expiresAt, refreshes[0].payload.refreshed], [1795713739000, true], "event");
+  assertEqual([client.state, Socket.instances.length], ["open", 1], "the same connection");
+  await client.close();
+
+  // A string token has nothing fresher: no refresh is sent (the server will close with 4001).
+  const plain = await connected(goldens, { token: "tok" });
+  plain.socket.deliver({ type: "token_expiring", payload: { expiresAt: 1 } });
+  await new Promise((resolve) => setTimeout(resolve, 0));
+  assertEqual(plain.socket.sent.length, 1, "only the first authenticate");
+  await plain.client.close();
+  return "ok";
+}
+
+/** 4001: reconnect with a fresh token and resume; 4002: closed, unless reconnectOnDisconnect. */
+export async function credentialCloseCodes(goldens) {
+  let calls = 0;
+  const { client, socket, Socket } = await connected(goldens, {
+    token: async () => `tok-${++calls}`,
+    reconnect: { minDelay: 1, maxDelay: 2 },
+  });
+  socket.deliver(chatAt(goldens, 1));
+  socket.drop(4001, "token expired");
+  const second = await Socket.nth(1);
+  second.deliver(goldens["server/welcome"].frame);
+  const auth = await second.nth(0);
+  assertEqual([auth.payload.token, auth.payload.since], ["tok-2", 1], "fresh token, since");
+  second.deliver(reply(goldens, "server/authenticated-resumed", auth));
+  await until(() => client.state === "open", "open again");
+  second.drop(4002, "disconnected");
+  assertEqual([client.state, client.lastClose.code], ["closed", 4002], "4002 closes for good");
+
+  const again = await connected(goldens, { reconnect: { minDelay: 1, maxDelay: 2, reconnectOnDisconnect: true } });
+  again.socket.drop(4002, "disconnected");
+  assertEqual(again.client.state, "reconnecting", "reconnectOnDisconnect");
+  (await again.Socket.nth(1)).deliver(goldens["server/welcome"].frame);
+  await until(() => again.client.state === "open", "open after 4002");
+  await again.client.close();
+  assertEqual(
+    [shouldReconnect(4001), shouldReconnect(4002), shouldReconnect(4002, { reconnectOnDisconnect: true })],
+    [true, false, true],
+    "shouldReconnect",
+  );
+  return "ok";
+}

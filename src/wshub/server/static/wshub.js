@@ -24,10 +24,19 @@ export const PROTOCOL_VERSION = 1;
  * (authentication missing in time, rate-limit abuse) and protocol errors on either side. */
 export const NO_RECONNECT_CODES = Object.freeze([1002, 1003, 1007, 1008, 1010]);
 
+/** The server closed the connection because its token expired (protocol 1.1): the client
+ * reconnects, asking a callable `token` for a fresh one, and resumes every stream. */
+export const TOKEN_EXPIRED_CLOSE_CODE = 4001;
+
+/** The server disconnected the user on purpose (`POST /api/users/{id}/disconnect`, a
+ * revocation): no reconnect unless the policy says `reconnectOnDisconnect: true`. */
+export const DISCONNECTED_CLOSE_CODE = 4002;
+
 export const DEFAULT_RECONNECT = Object.freeze({
   minDelay: 500,
   maxDelay: 30000,
   maxAttempts: Infinity,
+  reconnectOnDisconnect: false,
 });
 
 // setTimeout fires at once for delays above 2 ** 31 - 1 ms (about 24.8 days).
@@ -78,8 +87,10 @@ export function backoffDelay(attempt, options = {}, random = Math.random) {
   return minDelay + random() * (ceiling - minDelay);
 }
 
-/** Whether a close with `code`, not asked for by the application, warrants reconnecting. */
-export function shouldReconnect(code) {
+/** Whether a close with `code`, not asked for by the application, warrants reconnecting
+ * under `policy` (4002 only with `policy.reconnectOnDisconnect`). */
+export function shouldReconnect(code, policy = DEFAULT_RECONNECT) {
+  if (code === DISCONNECTED_CLOSE_CODE) return policy?.reconnectOnDisconnect === true;
   return !NO_RECONNECT_CODES.includes(code);
 }
 
@@ -131,6 +142,9 @@ export class StreamState {
     this.delivered = since ?? 0;
     this.head = since ?? 0;
     this.known = since !== null;
+    // The last join said `recovered: false`: the next message starts the numbering over (the
+    // first one kept after a trimmed gap); it is no jump.
+    this.loose = false;
   }
 
   /** The offset to resume after, or null to join fresh. */
@@ -157,13 +171,28 @@ export class StreamState {
     }
     this.epoch = epoch;
     this.known = true;
+    this.loose = recovered === false;
     return recovered === false;
+  }
+
+  /** Whether the message at `offset` was handed on already. */
+  isDuplicate(offset) {
+    return offset <= this.delivered;
+  }
+
+  /** Whether a new message at `offset` leaves a gap after `since`: something between was not
+   * received (after a fresh join of the user stream, the server's replay of undelivered
+   * messages is older than `head`: no jump either). */
+  jumps(offset) {
+    const since = this.since;
+    return since !== null && !this.loose && offset > since + 1;
   }
 
   /** True when the message at `offset` is new (and records it); false for a duplicate. */
   accept(offset) {
     if (offset <= this.delivered) return false;
     this.delivered = offset;
+    this.loose = false;
     return true;
   }
 }
@@ -232,8 +261,14 @@ const isObject = (value) => value !== null && typeof value === "object" && !Arra
  * - `reconnecting` {attempt, delay, code, reason}: the next attempt starts in `delay` ms; after a
  *   heartbeat ping went unanswered, code is HEARTBEAT_CLOSE_CODE and reason "heartbeat timeout"
  * - `frame` {direction: "in" | "out", text, message, duplicate}: every text frame, raw
- * - `gap` {stream, name, since, sinceEpoch, offset, epoch}: a resume could not close a gap
- * - `error` {error}: a failure no promise reports (re-authentication or re-subscribe refused)
+ * - `gap` {stream, name, since, sinceEpoch, offset, epoch, missing, lost}: a live stream
+ *   skipped offsets (`lost` false: the client resumes it on the same connection, holding back
+ *   what came after the gap, and delivers all in order), or a resume could not close a gap
+ *   (`lost` true); `missing` is [first, last] of the offsets known missing, or null
+ * - `tokenrefresh` {expiresAt, payload}: after `token_expiring`, the connection was
+ *   authenticated again with a fresh token (`payload`: the `authenticated` reply)
+ * - `error` {error}: a failure no promise reports (re-authentication or re-subscribe refused,
+ *   a token refresh refused)
  */
 export class WshubClient extends EventTarget {
   #url;
@@ -272,8 +307,12 @@ export class WshubClient extends EventTarget {
   #connected = null; // deferred of connect()
   #closeWaiters = [];
 
-  #subs = new Map(); // channel -> {channel, handlers, state, joined, payload, recovered, waiters}
+  // channel -> {kind: "channel", channel, handlers, state, joined, payload, recovered, waiters,
+  // fill}; `fill` (also on #userStream): a gap on the live stream being filled, see #arrive.
+  #subs = new Map();
   #user;
+  #userStream;
+  #userRecovered = null;
   #handlers = new Map();
 
   #welcome = null;
@@ -283,12 +322,16 @@ export class WshubClient extends EventTarget {
   /**
    * @param {string} [url] ws://, wss://, http(s):// or a path on this page's host; default `/ws`.
    * @param {object} [options]
-   * @param {string} [options.token] authenticates every connection (with an `authenticate`
-   *   message after `welcome`, never in the URL).
-   * @param {() => (string|null|Promise<string|null>)} [options.getToken] called before every
-   *   (re)connection's authentication instead of `token`, e.g. to fetch a fresh JWT.
-   * @param {{minDelay?: number, maxDelay?: number, maxAttempts?: number}|boolean} [options.reconnect]
-   *   milliseconds; `false`: never reconnect.
+   * @param {string|(() => (string|null|Promise<string|null>))} [options.token] authenticates
+   *   every connection (with an `authenticate` message after `welcome`, never in the URL). A
+   *   function is called for every (re)connection (after a close with 4001 too), when the
+   *   server says `token_expiring` (the connection is then authenticated again in place) and to
+   *   resume the user stream after a gap: e.g. to fetch a fresh JWT.
+   * @param {() => (string|null|Promise<string|null>)} [options.getToken] the same as a
+   *   function `token`.
+   * @param {{minDelay?: number, maxDelay?: number, maxAttempts?: number,
+   *   reconnectOnDisconnect?: boolean}|boolean} [options.reconnect] milliseconds; `false`: never
+   *   reconnect; `reconnectOnDisconnect`: reconnect after 4002 (disconnected by the server) too.
    * @param {number} [options.requestTimeout] ms a request may take, waiting for a reconnection
    *   included (default 10000).
    * @param {number} [options.openTimeout] ms from opening the socket to being ready (10000).
@@ -313,8 +356,8 @@ export class WshubClient extends EventTarget {
       WebSocket: WebSocketClass = globalThis.WebSocket,
     } = options;
     this.#url = resolveUrl(url);
-    this.#token = token || null;
-    this.#getToken = getToken;
+    this.#token = typeof token === "function" ? null : token || null;
+    this.#getToken = typeof token === "function" ? token : getToken;
     this.#reconnect = normalizeReconnect(reconnect);
     this.#requestTimeout = requestTimeout;
     this.#openTimeout = openTimeout;
@@ -324,6 +367,7 @@ export class WshubClient extends EventTarget {
     this.#user = userPosition
       ? new StreamState(userPosition.offset, userPosition.epoch ?? null)
       : new StreamState();
+    this.#userStream = { kind: "user", state: this.#user, fill: null };
   }
 
   // -- state ---------------------------------------------------------------------------------
@@ -368,6 +412,12 @@ export class WshubClient extends EventTarget {
     return since === null || this.#user.epoch === null
       ? null
       : { offset: since, epoch: this.#user.epoch };
+  }
+
+  /** `recovered` of the last resume of the user stream (false: a gap could not be closed), or
+   * null before any resume. */
+  get userRecovered() {
+    return this.#userRecovered;
   }
 
   /** The channels this client keeps subscribed: [{channel, offset, epoch, joined, recovered}]. */
@@ -528,6 +578,8 @@ export class WshubClient extends EventTarget {
     let sub = this.#subs.get(channel);
     if (sub === undefined) {
       sub = {
+        kind: "channel",
+        fill: null,
         channel,
         handlers: new Set(),
         state: new StreamState(since, epoch),
@@ -619,7 +671,7 @@ export class WshubClient extends EventTarget {
     try {
       token = await this.#currentToken();
     } catch (error) {
-      problem = new WshubError("token_error", `getToken failed: ${error?.message ?? error}`);
+      problem = new WshubError("token_error", `token function failed: ${error?.message ?? error}`);
     }
     if (this.#ws !== ws) return;
     // Pipelined: the server handles a connection's messages in order, so the subscriptions
@@ -690,7 +742,12 @@ export class WshubClient extends EventTarget {
     }
     this.#welcomed = this.#sendable = this.#ready = false;
     this.#lastClose = { code, reason };
-    for (const sub of this.#subs.values()) sub.joined = false;
+    // Gaps being filled are dropped: the next connection resumes from the same offsets.
+    this.#userStream.fill = null;
+    for (const sub of this.#subs.values()) {
+      sub.joined = false;
+      sub.fill = null;
+    }
     const lost = new WshubError("connection_lost", `Connection closed (${code})`, {
       closeCode: code,
     });
@@ -698,13 +755,13 @@ export class WshubClient extends EventTarget {
     this.#pending.clear();
 
     const policy = this.#reconnect;
-    let willReconnect = !this.#closing && policy !== false && shouldReconnect(code);
+    let willReconnect = !this.#closing && policy !== false && shouldReconnect(code, policy);
     if (willReconnect && this.#attempt >= policy.maxAttempts) willReconnect = false;
     this.#emit("close", { code, reason, wasClean, willReconnect });
     if (!willReconnect) {
       const why = this.#closing
         ? "Closed by the application"
-        : policy === false || !shouldReconnect(code)
+        : policy === false || !shouldReconnect(code, policy)
           ? `Connection closed (${code}${reason ? ` ${reason}` : ""}), not reconnecting`
           : `Gave up reconnecting after ${this.#attempt} attempt(s)`;
       this.#finish(new WshubError("closed", why, { closeCode: code }));
@@ -760,8 +817,10 @@ export class WshubClient extends EventTarget {
     const { offset, epoch } = payload;
     if (typeof offset !== "number" || typeof epoch !== "string") return;
     const recovered = typeof payload.recovered === "boolean" ? payload.recovered : null;
+    if (since !== null) this.#userRecovered = recovered;
     if (this.#user.joined(offset, epoch, recovered, since, sinceEpoch)) {
-      this.#emit("gap", { stream: "user", name: this.#userId, since, sinceEpoch, offset, epoch });
+      const detail = { since, sinceEpoch, offset, epoch, missing: null, lost: true };
+      this.#emit("gap", { stream: "user", name: this.#userId, ...detail });
     }
   }
 
@@ -773,7 +832,8 @@ export class WshubClient extends EventTarget {
     if (typeof offset !== "number" || typeof epoch !== "string") return;
     sub.recovered = typeof payload.recovered === "boolean" ? payload.recovered : null;
     if (sub.state.joined(offset, epoch, sub.recovered, since, sinceEpoch)) {
-      this.#emit("gap", { stream: "channel", name: sub.channel, since, sinceEpoch, offset, epoch });
+      const detail = { since, sinceEpoch, offset, epoch, missing: null, lost: true };
+      this.#emit("gap", { stream: "channel", name: sub.channel, ...detail });
     }
   }
 
@@ -933,21 +993,218 @@ export class WshubClient extends EventTarget {
       return;
     }
     if (!isObject(message.payload)) message.payload = {};
-    const duplicate = !this.#isNew(message);
+    const stream = this.#streamOf(message);
+    if (stream === null) {
+      this.#emit("frame", { direction: "in", text: data, message, duplicate: false });
+      this.#handle(message);
+      return;
+    }
+    const offset = message.type === "message" ? message.payload.offset : message.offset;
+    // Seen before (a resume's seam), or already held back behind a gap.
+    const duplicate = stream.state.isDuplicate(offset) || stream.fill?.held.has(offset) === true;
     this.#emit("frame", { direction: "in", text: data, message, duplicate });
-    if (!duplicate) this.#handle(message);
+    if (!duplicate) this.#arrive(stream, offset, message);
   }
 
-  /** Record a stream message's offset; false for one seen before (a resume's seam). */
-  #isNew(message) {
-    const { type, payload } = message;
-    if (type === "message") {
-      const sub = this.#subs.get(payload.channel);
-      if (sub === undefined || !sub.state.known || typeof payload.offset !== "number") return true;
-      return sub.state.accept(payload.offset);
+  /** The stream a message belongs to (a subscription, or #userStream), or null. */
+  #streamOf(message) {
+    if (message.type === "message") {
+      const sub = this.#subs.get(message.payload.channel);
+      if (sub === undefined || !sub.state.known || typeof message.payload.offset !== "number") {
+        return null;
+      }
+      return sub;
     }
-    if (typeof message.offset === "number") return this.#user.accept(message.offset);
-    return true;
+    return typeof message.offset === "number" ? this.#userStream : null;
+  }
+
+  #streamName(stream) {
+    return stream.kind === "user" ? this.#userId : stream.channel;
+  }
+
+  // -- internals: gaps on a live stream --------------------------------------------------------
+
+  /** A new stream message: handed on, or held back behind a gap. A message that jumps (offset 7
+   * after 5) starts a fill: the stream is resumed on this connection from the last offset
+   * without a gap (subscribe again with `since`; for the user stream, authenticate again with
+   * a fresh token and `since`), then a `ping` goes out; the replay comes right after the
+   * resume's reply, so when the `pong` is in, the fill is complete. Until then what came after
+   * the gap waits, and goes out in order as the replay fills the gap. */
+  #arrive(stream, offset, message) {
+    const { state } = stream;
+    if (stream.fill !== null) {
+      stream.fill.held.set(offset, message);
+      this.#handAll(this.#release(stream.fill, state, false).items);
+      return;
+    }
+    const since = state.since;
+    if (since === null || !state.jumps(offset)) {
+      state.accept(offset);
+      this.#handle(message);
+      return;
+    }
+    const fill = { since, firstSeen: offset, held: new Map([[offset, message]]), lost: false };
+    stream.fill = fill;
+    const epoch = state.epoch;
+    this.#emit("gap", {
+      stream: stream.kind,
+      name: this.#streamName(stream),
+      since,
+      sinceEpoch: epoch,
+      offset,
+      epoch,
+      missing: [since + 1, offset - 1],
+      lost: false,
+    });
+    this.#fill(stream, fill, this.#ws);
+  }
+
+  /** What `fill` may hand on now, in order, recorded in `state`: what follows what was
+   * delivered without a gap; with `flush`, everything, with the ranges still missing. */
+  #release(fill, state, flush) {
+    const items = [];
+    const missing = [];
+    for (const offset of [...fill.held.keys()].sort((a, b) => a - b)) {
+      if (state.isDuplicate(offset)) {
+        fill.held.delete(offset);
+        continue;
+      }
+      const contiguous = state.loose || offset === state.delivered + 1;
+      if (!contiguous && !flush) break;
+      if (!contiguous) missing.push([state.delivered + 1, offset - 1]);
+      items.push(fill.held.get(offset));
+      fill.held.delete(offset);
+      state.accept(offset);
+    }
+    return { items, missing };
+  }
+
+  #handAll(messages) {
+    for (const message of messages) this.#handle(message);
+  }
+
+  async #fill(stream, fill, ws) {
+    const { state } = stream;
+    const sinceEpoch = state.epoch;
+    let timer = null;
+    const expired = new Promise((_, reject) => {
+      timer = setTimeout(
+        () => reject(new WshubError("timeout", "No replay to fill a gap in time")),
+        this.#requestTimeout,
+      );
+    });
+    expired.catch(() => {});
+    const current = () => this.#ws === ws && stream.fill === fill;
+    try {
+      let payload;
+      if (stream.kind === "user") {
+        const token = await Promise.race([this.#currentToken(), expired]);
+        if (!current()) return;
+        if (!token) throw new WshubError("token_error", "No token to resume the user stream");
+        payload = { token, since: fill.since };
+      } else {
+        payload = { channel: stream.channel, since: fill.since };
+      }
+      if (sinceEpoch !== null) payload.epoch = sinceEpoch;
+      const type = stream.kind === "user" ? "authenticate" : "subscribe";
+      const hook = (msg) => this.#refilled(stream, fill, msg.payload, sinceEpoch);
+      await Promise.race([this.#request(type, payload, hook), expired]);
+      if (!current()) return;
+      await Promise.race([this.#request("ping", null, () => this.#fillDone(stream, fill, false)), expired]);
+    } catch (error) {
+      if (error?.code === "connection_lost" || !current()) return;
+      this.#fillDone(stream, fill, true); // refused or too slow: hand on what is held
+      this.#emit("error", { error });
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** The reply to a fill's resume (`subscribed`/`authenticated`), before the replay. */
+  #refilled(stream, fill, payload, sinceEpoch) {
+    if (stream.fill !== fill) return;
+    const { state } = stream;
+    if (stream.kind === "user" && typeof payload.userId === "string") this.#userId = payload.userId;
+    const { offset, epoch } = payload;
+    if (typeof offset === "number" && typeof epoch === "string") {
+      const recovered = typeof payload.recovered === "boolean" ? payload.recovered : null;
+      if (stream.kind === "user") this.#userRecovered = recovered;
+      else stream.recovered = recovered;
+      const before = state.epoch;
+      if (state.joined(offset, epoch, recovered, fill.since, sinceEpoch)) {
+        if (epoch !== before) fill.held.clear(); // the old numbering: the replay brings the new
+        fill.lost = true;
+        this.#emit("gap", {
+          stream: stream.kind,
+          name: this.#streamName(stream),
+          since: fill.since,
+          sinceEpoch,
+          offset,
+          epoch,
+          missing: [fill.since + 1, fill.firstSeen - 1],
+          lost: true,
+        });
+      }
+    }
+    // With `recovered: false` the replay starts after a trimmed part, maybe before what is
+    // held: its first message sets the numbering, and what is held goes after it.
+    if (!state.loose) this.#handAll(this.#release(fill, state, false).items);
+  }
+
+  /** The fill is over (its `pong` is in; `failed`: the resume was refused or timed out): hand
+   * on everything held, in order, and tell of what is still missing. */
+  #fillDone(stream, fill, failed) {
+    if (stream.fill !== fill) return;
+    stream.fill = null;
+    const { state } = stream;
+    const since = state.delivered;
+    const { items, missing } = this.#release(fill, state, true);
+    if (failed && missing.length === 0 && !fill.lost) {
+      missing.push([fill.since + 1, fill.firstSeen - 1]);
+    }
+    if (missing.length > 0 && !fill.lost) {
+      this.#emit("gap", {
+        stream: stream.kind,
+        name: this.#streamName(stream),
+        since,
+        sinceEpoch: state.epoch,
+        offset: state.delivered,
+        epoch: state.epoch,
+        missing: [missing[0][0], missing[missing.length - 1][1]],
+        lost: true,
+      });
+    }
+    if (fill.lost || missing.length > 0) {
+      if (stream.kind === "user") this.#userRecovered = false;
+      else stream.recovered = false;
+    }
+    this.#handAll(items);
+  }
+
+  // -- internals: the token --------------------------------------------------------------------
+
+  /** `token_expiring`: authenticate again on this connection with a fresh token (the reply says
+   * `refreshed: true`; streams and subscriptions go on). Without a token function there is
+   * nothing fresher to send: the server will close with 4001. */
+  async #refreshToken(ws, expiresAt) {
+    if (typeof this.#getToken !== "function") return;
+    let token;
+    try {
+      token = await this.#currentToken();
+    } catch (error) {
+      const message = `token function failed: ${error?.message ?? error}`;
+      this.#emit("error", { error: new WshubError("token_error", message) });
+      return;
+    }
+    if (this.#ws !== ws || !token) return;
+    try {
+      const reply = await this.#request("authenticate", { token }, (msg) => {
+        if (typeof msg.payload.userId === "string") this.#userId = msg.payload.userId;
+      });
+      this.#emit("tokenrefresh", { expiresAt, payload: reply.payload });
+    } catch (error) {
+      if (error.code !== "connection_lost") this.#emit("error", { error });
+    }
   }
 
   #handle(message) {
@@ -980,6 +1237,8 @@ export class WshubClient extends EventTarget {
       this.#connectionId = payload.connectionId ?? null;
       this.#userId = payload.userId ?? null;
       this.#onWelcome(this.#ws);
+    } else if (type === "token_expiring") {
+      this.#refreshToken(this.#ws, payload.expiresAt ?? null);
     } else if (type === "authenticated") {
       // Not the reply to our request: the handshake carried a token, or a raw frame was sent.
       this.#userJoined(payload, null, null);
