@@ -50,7 +50,9 @@ __all__ = ["Client", "TokenProvider"]
 
 logger = logging.getLogger("wshub.client")
 
-#: Returns the token to authenticate with; called before every (re)connection.
+#: Returns the token to authenticate with; called before every (re)connection, on
+#: ``token_expiring`` (to refresh the connection in place) and to resume the user stream after
+#: a gap.
 TokenProvider = Callable[[], str | Awaitable[str]]
 
 # Errors after which another attempt may succeed; any other ClientError (a refused token, a

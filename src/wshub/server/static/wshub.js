@@ -3,7 +3,7 @@
  *
  *     import { WshubClient } from "/wshub.js";
  *
- *     const client = new WshubClient("/ws", { getToken: () => fetchMyToken() });
+ *     const client = new WshubClient("/ws", { token: () => fetchMyToken() });
  *     client.on("chat", (payload) => console.log(payload.from, payload.message));
  *     client.subscribe("news", (msg) => console.log(msg.offset, msg.data));
  *     await client.connect();
@@ -14,7 +14,9 @@
  * and `epoch`, so every channel and the user's own stream continue where they stopped: each
  * message reaches the application once, in order (duplicates at the seam are dropped). While
  * open, an application-level heartbeat (`ping` after a silence, see `heartbeat`) finds connections
- * that died without a close (sleep, Wi-Fi loss, a proxy dropping them) and reconnects. See
+ * that died without a close (sleep, Wi-Fi loss, a proxy dropping them) and reconnects. A live
+ * stream whose offsets jump is resumed on the same connection and delivered in order; a token
+ * function renews the connection's token on `token_expiring` (protocol 1.1). See
  * docs/browser.md for the whole API.
  */
 
