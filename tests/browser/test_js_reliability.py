@@ -168,8 +168,7 @@ async def test_a_close_with_4002_ends_the_client(
     page = (await open_page()).page
     options = {"reconnect": {"minDelay": 10, "maxDelay": 50}}
     await page.evaluate(START, [server.url, server.token(user), None, options])
-    for session in server.hub.sessions_of(user):
-        session.close(4002, "disconnected by the application")
+    await server.hub.disconnect_user(user, "disconnected by the application")
     await until(page, "t.client.state === 'closed'")
     result = await state_of(page)
     assert result["lastClose"] == {"code": 4002, "reason": "disconnected by the application"}

@@ -16,7 +16,13 @@ import orjson
 import pytest
 
 from wshub.auth.jwt import issue_token
-from wshub.client import ChannelMessage, ClientClosedError, ConnectionState, StateChange
+from wshub.client import (
+    AuthenticationError,
+    ChannelMessage,
+    ClientClosedError,
+    ConnectionState,
+    StateChange,
+)
 from wshub.client.backoff import ReconnectPolicy
 from wshub.testing import TestServer, run_server
 
@@ -166,8 +172,7 @@ async def test_a_close_with_4002_ends_the_client_unless_the_policy_reconnects(
     user = uid("cyd")
     client = make_client(server.url, token=server.token(user))
     await client.connect()
-    for session in server.hub.sessions_of(user):
-        session.close(4002, "disconnected by the application")
+    assert await server.hub.disconnect_user(user, "disconnected by the application") == 1
     await asyncio.wait_for(client.wait_closed(), TIMEOUT)
     assert isinstance(client.error, ClientClosedError)
     assert (client.close_code, client.close_reason) == (4002, "disconnected by the application")
@@ -177,12 +182,16 @@ async def test_a_close_with_4002_ends_the_client_unless_the_policy_reconnects(
     again = make_client(server.url, token=server.token(user), reconnect=policy, on_state=states)
     await again.connect()
     first = again.connection_id
-    for session in server.hub.sessions_of(user):
-        session.close(4002, "disconnected by the application")
+    await server.hub.disconnect_user(user, "disconnected by the application")
     change = await states.until(lambda s: s.state is ConnectionState.RECONNECTING)
     assert change.code == 4002
     await states.until(lambda s: s.state is ConnectionState.CONNECTED)
     assert again.connection_id != first
+
+    # A revocation: the reconnection's token is refused, and the client closes with that error.
+    await server.hub.disconnect_user(user, "revoked", revoke=True)
+    await asyncio.wait_for(again.wait_closed(), TIMEOUT)
+    assert isinstance(again.error, AuthenticationError)
 
 
 def test_the_reconnect_policy_for_the_credential_close_codes() -> None:
