@@ -59,6 +59,15 @@ class ASGIConnection:
     def send_batch(self, batch: FrameBatch) -> bool:
         return self.outbox.put_all(batch.frames, batch.nbytes)
 
+    async def drained(self, below: int) -> None:
+        """Return once at most ``below`` bytes wait in the outbox. Called from the
+        connection's own task while it holds the outbox (a handler running), it writes them
+        itself: the writer is asleep then."""
+        if self.outbox.held:
+            await self.send_held()
+        elif self.outbox.pending_bytes > below:
+            await self.outbox.drained()
+
     def close(self, code: int = 1000, reason: str = "", *, drain: bool = True) -> None:
         """Close after what is queued (``drain``), or now (a slow consumer): the queued frames,
         and those the writer took but has not sent, are dropped, and a writer waiting for the

@@ -5,6 +5,7 @@
     WshubError
      ├── ProtocolError            a client message the hub answers with an ``error`` frame
      │    ├── InvalidMessage      code ``invalid_message`` / ``invalid_json``
+     │    │    └── MessageTooLarge  also a ValueError: more than a connection can carry
      │    ├── UnknownType         code ``unknown_type``
      │    ├── NotAuthenticated    code ``not_authenticated``
      │    ├── AuthFailed          code ``auth_failed``
@@ -27,6 +28,7 @@ __all__ = [
     "ConfigError",
     "Forbidden",
     "InvalidMessage",
+    "MessageTooLarge",
     "NotAuthenticated",
     "NotFound",
     "ProtocolError",
@@ -54,6 +56,11 @@ class ProtocolError(WshubError):
 
 class InvalidMessage(ProtocolError):
     code = "invalid_message"
+
+
+class MessageTooLarge(InvalidMessage, ValueError):
+    """A message larger than any connection can be sent (``WS_OUTBOX_MAX_BYTES``): refused
+    before it is stored (HTTP 413), so it can never block a user's stream."""
 
 
 class UnknownType(ProtocolError):

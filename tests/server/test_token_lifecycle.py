@@ -202,3 +202,22 @@ async def test_a_connection_closing_while_it_authenticates_leaves_no_ghost(
             await carol.expect("authenticated")
             note = await carol.expect("note")
             assert note["offset"] == delivery.offset
+
+
+async def test_the_http_api_disconnects_a_user(server: TestServer) -> None:
+    import httpx
+
+    from ..conftest import API_KEY
+
+    async with server.connect(user="alice") as alice, server.connect(user="alice") as again:
+        await alice.expect("welcome")
+        await again.expect("welcome")
+        headers = {"Authorization": f"Bearer {API_KEY}"}
+        async with httpx.AsyncClient(base_url=server.http, headers=headers) as http:
+            r = await http.post("/api/users/alice/disconnect", json={"reason": "bye"})
+            assert r.status_code == 200 and r.json() == {"connections": 2}
+        assert await alice.closed() == (4002, "bye")
+        assert await again.closed() == (4002, "bye")
+    async with server.connect(user="alice") as alice:  # no revoke: tokens still work
+        await alice.expect("welcome")
+        await alice.expect("authenticated")

@@ -113,6 +113,12 @@ class StreamTable:
         """``session`` starts catching up ``key``: keep what arrives for it meanwhile."""
         self.open(key).holding.setdefault(session, [])
 
+    def held_for(self, session: Session, key: StreamKey) -> int:
+        """How many live frames wait for ``session``'s catch-up of ``key``."""
+        state = self.streams.get(key.topic)
+        kept = state.holding.get(session) if state is not None else None
+        return len(kept) if kept is not None else 0
+
     def drop(self, session: Session, key: StreamKey) -> None:
         """``session`` no longer follows ``key`` (it left, or its catch-up failed)."""
         state = self.streams.get(key.topic)
@@ -127,13 +133,16 @@ class StreamTable:
         pos: StreamPosition,
         messages: Sequence[StoredMessage],
         send: Callable[[Frame], None],
+        *,
+        sent: int = 0,
     ) -> int:
         """End ``session``'s catch-up: send the stored ``messages`` (read at ``pos``), then what
         arrived meanwhile that is newer, in offset order, each once. From now on it gets what
-        follows ``pos``. Returns the last offset sent (0 if none)."""
+        follows ``pos``. ``sent``: the replay went up to there already (earlier pages).
+        Returns the last offset sent (0 if none)."""
         state = self.open(key)
         kept = state.holding.pop(session, [])
-        last = 0
+        last = sent
         for m in messages:
             send(Frame(key.frame_data(m.data, m.offset)))
             last = m.offset

@@ -21,7 +21,7 @@ import orjson
 from pydantic import BaseModel
 
 from ..config import Settings
-from ..errors import AuthFailed, BackendUnavailable, Forbidden, InvalidMessage
+from ..errors import AuthFailed, BackendUnavailable, Forbidden, InvalidMessage, MessageTooLarge
 from ..interfaces import (
     Append,
     Authenticator,
@@ -64,6 +64,8 @@ OverflowPolicy = Literal["disconnect", "drop"]
 BROADCAST_TOPIC = "*"
 #: Hub-to-hub commands (a user disconnected or revoked), received by every node.
 CONTROL_TOPIC = "ctl"
+#: Stored messages per page of a catch-up (see Hub._replay).
+REPLAY_PAGE = 200
 #: Features of protocol 1.1 this hub has, announced in ``welcome``.
 FEATURES = ("token_refresh",)
 
@@ -332,8 +334,10 @@ class Hub:
 
     async def publish(self, channel: str, data: JSON, *, sender: str | None = None) -> int:
         """Publish ``data`` on ``channel``: store it in history, deliver it to every subscriber.
-        Returns the publication's offset, once it is durable."""
+        Returns the publication's offset, once it is durable. Raises
+        :class:`~wshub.errors.MessageTooLarge` for more than a connection can carry."""
         body = _dumps({"channel": channel, "data": data, "timestamp": now_ms(), "from": sender})
+        self._check_size(body)
         pos, _ = await self._append_now(channel_stream(channel), body, self.retention_for(channel))
         self.stats.publications += 1
         return pos.offset
@@ -346,6 +350,7 @@ class Hub:
         body = _dumps(
             {"channel": channel, "data": data, "timestamp": now_ms(), "from": session.user_id}
         )
+        self._check_size(body)
         reply = session.reserve()
 
         def done(pos: StreamPosition | None, exc: BaseException | None, _: Frame | None) -> None:
@@ -367,6 +372,7 @@ class Hub:
             raise ValueError(f"{type_!r} is a type the server itself sends")
         uid = UserId(user_id)
         envelope = _dumps({"type": type_, "payload": payload})
+        self._check_size(envelope)
         pos, _ = await self._append_now(user_stream(uid), envelope, self._inbox)
         self.stats.user_messages += 1
         local = self.connection_count(uid)
@@ -395,6 +401,7 @@ class Hub:
                 },
             }
         )
+        self._check_size(envelope)
         reply = session.reserve()
 
         def answer(delivered: bool) -> Frame:
@@ -740,7 +747,7 @@ class Hub:
         try:
             start = since if since is not None else await self.store.cursor(key.topic)
             messages, pos, recovered = await read_gap(
-                self.store, key.topic, start, epoch, resuming=since is not None
+                self.store, key.topic, start, epoch, resuming=since is not None, limit=REPLAY_PAGE
             )
         except BaseException:
             self.table.drop(session, key)
@@ -750,9 +757,7 @@ class Hub:
             return
         payload = self._auth_payload(session, pos, recovered, refreshed=refreshed)
         session.send("authenticated", payload, id=msg_id)
-        last = self.table.release(session, key, pos, messages, session.send_frame)
-        if last:
-            self.commits.advance_cursor(key.topic, last)
+        await self._replay(session, key, pos, messages, cursor=True)
 
     async def subscribe(
         self,
@@ -791,7 +796,7 @@ class Hub:
                 pos = await self.store.position(key.topic)
             else:
                 messages, pos, recovered = await read_gap(
-                    self.store, key.topic, since, epoch, resuming=True
+                    self.store, key.topic, since, epoch, resuming=True, limit=REPLAY_PAGE
                 )
         except BaseException:
             self.table.drop(session, key)
@@ -805,9 +810,67 @@ class Hub:
         if recovered is not None:
             payload["recovered"] = recovered
         session.send("subscribed", payload, id=msg_id)
-        self.table.release(session, key, pos, messages, session.send_frame)
+        if not await self._replay(session, key, pos, messages, cursor=False):
+            return
         if not already and channel_kind(channel) is ChannelKind.PRESENCE:
             await self._presence_join(channel, session)
+
+    async def _replay(
+        self,
+        session: Session,
+        key: StreamKey,
+        pos: StreamPosition,
+        messages: Sequence[StoredMessage],
+        *,
+        cursor: bool,
+    ) -> bool:
+        """Send a catch-up's stored messages (read ``REPLAY_PAGE`` at a time) as the client
+        takes them: after each quarter of ``WS_OUTBOX_MAX_BYTES`` queued, wait until its queue
+        is back under that (a backlog larger than the outbox would otherwise close it as a slow
+        consumer on every resume, for ever). Then what arrived live meanwhile, which waits, at
+        most ``WS_OUTBOX_MAX_MESSAGES`` frames: a client that cannot keep up is closed with
+        1013 and resumes from where it got. ``cursor``: the user's delivery cursor follows.
+        Returns False when the session went away."""
+        drained = getattr(session.conn, "drained", None)
+        budget = self.settings.outbox_max_bytes // 4
+        sent = queued = 0
+        while True:
+            for m in messages:
+                frame = Frame(key.frame_data(m.data, m.offset))
+                if drained is not None and queued and queued + len(frame.data) > budget:
+                    if cursor:
+                        self.commits.advance_cursor(key.topic, sent)
+                    await drained(budget)
+                    if not self._replay_goes_on(session, key):
+                        return False
+                    queued = 0
+                session.send_frame(frame)
+                sent = m.offset
+                queued += len(frame.data)
+            if len(messages) < REPLAY_PAGE:
+                break
+            try:
+                messages, _ = await self.store.read(key.topic, sent, REPLAY_PAGE)
+            except BaseException:
+                self.table.drop(session, key)
+                raise
+            if not self._replay_goes_on(session, key):
+                return False
+        last = self.table.release(session, key, pos, (), session.send_frame, sent=sent)
+        if cursor and last:
+            self.commits.advance_cursor(key.topic, last)
+        return True
+
+    def _replay_goes_on(self, session: Session, key: StreamKey) -> bool:
+        if not session.open:
+            self.table.drop(session, key)
+            return False
+        if self.table.held_for(session, key) > self.settings.outbox_max_messages:
+            self.table.drop(session, key)
+            session.log.warning("closing: live messages outran its replay")
+            session.close(CloseCode.TRY_AGAIN_LATER, "replay too slow", drain=False)
+            return False
+        return True
 
     def unsubscribe(self, session: Session, channel: str) -> bool:
         """Remove a subscription; False when the connection was not subscribed."""
@@ -892,6 +955,17 @@ class Hub:
             return
         session.log.warning("closing slow consumer: outbound queue full")
         session.close(CloseCode.TRY_AGAIN_LATER, "slow consumer", drain=False)
+
+    def _check_size(self, body: bytes) -> None:
+        """A message no connection could take (its frame over the outbound limit) is refused
+        before it is stored: stored, it would close its recipients as slow consumers on every
+        delivery, and nothing after it in a user's stream would ever arrive."""
+        limit = self.settings.outbox_max_bytes - 128  # the envelope's fields and frame header
+        if len(body) > limit:
+            raise MessageTooLarge(
+                f"message is {len(body)} bytes; a connection carries at most {limit}"
+                " (WS_OUTBOX_MAX_BYTES)"
+            )
 
     def _token_expiring(self, session: Session, expires_at: float) -> None:
         if session.open:

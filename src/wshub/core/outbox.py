@@ -25,7 +25,16 @@ class Outbox:
     what to do then is the caller's overflow policy.
     """
 
-    __slots__ = ("_bytes", "_frames", "_held", "_waiter", "closed", "max_bytes", "max_frames")
+    __slots__ = (
+        "_bytes",
+        "_drain_waiters",
+        "_frames",
+        "_held",
+        "_waiter",
+        "closed",
+        "max_bytes",
+        "max_frames",
+    )
 
     def __init__(self, *, max_bytes: int, max_frames: int) -> None:
         self.max_bytes = max_bytes
@@ -35,9 +44,15 @@ class Outbox:
         self._waiter: asyncio.Future[None] | None = None
         self._held = False
         self.closed = False
+        self._drain_waiters: list[asyncio.Future[None]] = []
 
     def __len__(self) -> int:
         return len(self._frames)
+
+    @property
+    def held(self) -> bool:
+        """Whether the connection's own task holds the outbox (see :meth:`hold`)."""
+        return self._held
 
     @property
     def pending_bytes(self) -> int:
@@ -92,7 +107,23 @@ class Outbox:
         frames = list(self._frames)
         self._frames.clear()
         self._bytes = 0
+        self._wake_drained()
         return frames
+
+    def drained(self) -> asyncio.Future[None]:
+        """Resolves once the writer has taken everything queued now (or the outbox closed)."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if not self._frames or self.closed:
+            future.set_result(None)
+        else:
+            self._drain_waiters.append(future)
+        return future
+
+    def _wake_drained(self) -> None:
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for future in waiters:
+            if not future.done():
+                future.set_result(None)
 
     def hold(self) -> bool:
         """Keep the writer asleep, if it is idle (waiting, nothing queued). Returns whether the
@@ -115,6 +146,7 @@ class Outbox:
         if drop:
             self._frames.clear()
             self._bytes = 0
+        self._wake_drained()
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)

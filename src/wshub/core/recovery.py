@@ -42,16 +42,23 @@ def is_recovered(
 
 
 async def read_gap(
-    store: Store, key: str, since: int, epoch: str | None, *, resuming: bool
+    store: Store,
+    key: str,
+    since: int,
+    epoch: str | None,
+    *,
+    resuming: bool,
+    limit: int | None = None,
 ) -> tuple[Sequence[StoredMessage], StreamPosition, bool | None]:
-    """What to replay of stream ``key`` for a client at ``since`` (in ``epoch``): the messages,
-    the stream's position, and whether they close the gap (None when not ``resuming``: a
-    delivery cursor, not a client's position). Another epoch replays everything kept."""
-    messages, pos = await store.read(key, since)
+    """What to replay of stream ``key`` for a client at ``since`` (in ``epoch``): the messages
+    (the first ``limit`` of them), the stream's position, and whether they close the gap (None
+    when not ``resuming``: a delivery cursor, not a client's position). Another epoch replays
+    everything kept."""
+    messages, pos = await store.read(key, since, limit)
     if not resuming:
         return messages, pos, None
     recovered = is_recovered(since, epoch, pos, messages)
     start = replay_from(since, epoch, pos)
     if start != since:
-        messages, pos = await store.read(key, start)
+        messages, pos = await store.read(key, start, limit)
     return messages, pos, recovered

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
-from pydantic import BaseModel, Field, StrictStr, field_validator
+from pydantic import BaseModel, Field, StrictBool, StrictStr, field_validator
 
 from ..core.hub import Hub
 from ..protocol import MAX_OFFSET, RESERVED_TYPES, ChannelName, NotificationPayload, now_ms
@@ -53,6 +53,15 @@ class BroadcastBody(BaseModel):
 
 
 class BroadcastResult(BaseModel):
+    connections: int
+
+
+class DisconnectBody(BaseModel):
+    reason: Annotated[StrictStr, Field(max_length=120)] = "disconnected"
+    revoke: StrictBool = False
+
+
+class DisconnectResult(BaseModel):
     connections: int
 
 
@@ -119,7 +128,10 @@ def build_api_router(hub: Hub) -> APIRouter:
             # e.g. a channel path segment with characters no route matches (a newline)
             404: {"description": "No such route"},
             408: {"description": "The body did not arrive within WS_REQUEST_TIMEOUT seconds"},
-            413: {"description": "The body is over WS_API_MAX_BODY bytes"},
+            413: {
+                "description": "The body is over WS_API_MAX_BODY bytes, or the message over "
+                "what a connection can carry (WS_OUTBOX_MAX_BYTES)"
+            },
             503: {"description": "A backend this call needs is unavailable"},
         },
     )
@@ -140,6 +152,14 @@ def build_api_router(hub: Hub) -> APIRouter:
         extra = {k: v for k, v in fields.items() if k not in {"title", "message", "type"}}
         d = await hub.notify_user(user_id, body.title, body.message, body.type, **extra)
         return DeliveryResult(delivered=d.delivered, queued=d.queued, offset=d.offset)
+
+    @router.post(
+        "/users/{user_id}/disconnect",
+        summary="Close every connection of a user (4002), on every node; revoke their tokens",
+    )
+    async def disconnect(user_id: UserIdPath, body: DisconnectBody) -> DisconnectResult:
+        n = await hub.disconnect_user(user_id, body.reason, revoke=body.revoke)
+        return DisconnectResult(connections=n)
 
     @router.post("/broadcast", summary="A system_message to every connection")
     async def broadcast(body: BroadcastBody) -> BroadcastResult:

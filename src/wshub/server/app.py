@@ -24,7 +24,7 @@ from ..asgi import WebSocketApp
 from ..asyncapi import asyncapi_document, asyncapi_html
 from ..config import Settings
 from ..core.hub import Hub
-from ..errors import BackendUnavailable, InvalidMessage
+from ..errors import BackendUnavailable, InvalidMessage, MessageTooLarge
 from ..factory import create_hub
 from .api import build_api_router
 from .limits import ApiLimits, content_security_policy, page_headers
@@ -64,6 +64,10 @@ def create_app(settings: Settings | None = None, *, hub: Hub | None = None) -> F
         # In FastAPI's own 422 shape, so the response matches the OpenAPI document.
         detail = [{"loc": ["body"], "msg": exc.message, "type": "value_error"}]
         return JSONResponse({"detail": detail}, status_code=422)
+
+    @app.exception_handler(MessageTooLarge)
+    async def too_large(request: Request, exc: MessageTooLarge) -> JSONResponse:
+        return JSONResponse({"detail": exc.message}, status_code=413)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:

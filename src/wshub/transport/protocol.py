@@ -139,6 +139,8 @@ class HubProtocol(asyncio.Protocol):
         self._max_bytes = 0
         self._max_frames = 0
         self._close_timer: asyncio.TimerHandle | None = None
+        # (bytes, future): who waits for the pending bytes to drop to that (see drained)
+        self._drain_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._eof_sent = False
         self.awaiting_pong = False
 
@@ -189,6 +191,7 @@ class HubProtocol(asyncio.Protocol):
         if self._server is not None:
             self._server.discard(self)
         self._out.clear()
+        self._wake_drained(force=True)
         if self._session is not None and self._hub is not None:
             self._hub.close_session(self._session)
 
@@ -204,6 +207,7 @@ class HubProtocol(asyncio.Protocol):
         else:
             self._paused = False
             self._flush()
+            self._wake_drained()
 
     # -- wshub Connection --------------------------------------------------------------------
 
@@ -229,6 +233,29 @@ class HubProtocol(asyncio.Protocol):
         """Bytes queued for this client: not yet flushed, plus the transport's own buffer."""
         buffered = self.transport.get_write_buffer_size() if self.transport else 0
         return self._out_bytes + buffered
+
+    def drained(self, below: int) -> asyncio.Future[None]:
+        """Resolves once at most ``below`` bytes wait for this client (or it is gone)."""
+        future: asyncio.Future[None] = self._loop.create_future()
+        if self._state != _OPEN or self.pending_bytes <= below:
+            future.set_result(None)
+        else:
+            self._drain_waiters.append((below, future))
+        return future
+
+    def _wake_drained(self, *, force: bool = False) -> None:
+        waiters = self._drain_waiters
+        if not waiters:
+            return
+        pending = self.pending_bytes
+        keep = []
+        for below, future in waiters:
+            if force or pending <= below or self._state != _OPEN:
+                if not future.done():
+                    future.set_result(None)
+            else:
+                keep.append((below, future))
+        self._drain_waiters = keep
 
     def close(self, code: int = 1000, reason: str = "", *, drain: bool = True) -> None:
         """Start the closing handshake (queued frames first with ``drain``).
@@ -569,6 +596,8 @@ class HubProtocol(asyncio.Protocol):
         self.transport.write(out[0] if len(out) == 1 else b"".join(out))
         out.clear()
         self._out_bytes = 0
+        if self._drain_waiters:
+            self._wake_drained()
 
     def _fail(self, code: int, reason: str) -> None:
         """Fail the connection (RFC 6455 7.1.7): send a close frame, then end the TCP stream."""
