@@ -24,9 +24,7 @@ async def test_a_channel_backlog_larger_than_the_outbox_is_replayed_whole(
             reply = await client.request("subscribe", {"channel": "feed", "since": 0})
             assert reply["payload"]["recovered"] is True
             live = server.hub.publish("feed", {"n": COUNT + 1, "pad": ""})  # during the replay
-            offsets = [
-                (await client.expect("message"))["payload"]["offset"] for _ in range(COUNT)
-            ]
+            offsets = [(await client.expect("message"))["payload"]["offset"] for _ in range(COUNT)]
             await live
             offsets.append((await client.expect("message"))["payload"]["offset"])
             assert offsets == list(range(1, COUNT + 2))
