@@ -64,6 +64,14 @@ _Result = tuple[asyncio.Future[Any], Any, BaseException | None]
 _STOP = object()
 
 
+#: Rows per multi-row statement (well under SQLite's variable limit, 32766 since 3.32).
+_ROWS = 500
+
+
+def _chunks(items: list[Any], size: int) -> list[list[Any]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
 def path_from_url(url: str) -> str:
     """``sqlite:///./wshub.db`` → ``./wshub.db``; ``sqlite:////var/x.db`` → ``/var/x.db``."""
     if not url.startswith("sqlite://"):
@@ -179,58 +187,72 @@ class SQLiteStore:
         moves = dict(cursors or {})
 
         def op(db: sqlite3.Connection) -> list[StreamPosition | Exception]:
+            # A handful of statements per group, whatever its size: each statement releases
+            # and re-takes the GIL, which the event loop holds most of the time.
             tops = self._tops_for(db)
+            unknown = list({stream for stream, _, _, _ in items if stream not in tops})
+            for chunk in _chunks(unknown, _ROWS):
+                marks = ",".join("?" * len(chunk))
+                for name, top, epoch in db.execute(
+                    f"SELECT name, top, epoch FROM streams WHERE name IN ({marks})", chunk
+                ):
+                    tops[name] = [top, epoch]
             results: list[StreamPosition | Exception] = []
-            rows: list[tuple[str, int, float | None, bytes]] = []
+            rows: list[Any] = []
             touched: dict[str, tuple[list[Any], int | None]] = {}
             for stream, data, size, expires in items:
                 top = tops.get(stream)
                 if top is None:
-                    row = db.execute(
-                        "SELECT top, epoch FROM streams WHERE name = ?", (stream,)
-                    ).fetchone()
-                    top = tops[stream] = [row[0], row[1], False] if row else [0, self.epoch, True]
+                    top = tops[stream] = [0, self.epoch]
                 top[0] += 1
                 touched[stream] = (top, size)
                 if size != 0:
                     rows.append((stream, top[0], expires, data))
                 results.append(StreamPosition(top[0], top[1]))
-            if rows:
-                db.executemany(
-                    "INSERT INTO messages (stream, offset, expires, data) VALUES (?, ?, ?, ?)",
-                    rows,
+            for chunk in _chunks(rows, _ROWS):
+                db.execute(
+                    "INSERT INTO messages (stream, offset, expires, data) VALUES "
+                    + ",".join(["(?,?,?,?)"] * len(chunk)),
+                    [v for row in chunk for v in row],
                 )
-            created, updated, trimmed = [], [], []
-            for stream, (top, size) in touched.items():
-                if top[2]:
-                    created.append((stream, top[0], top[1]))
-                    top[2] = False
-                else:
-                    # a stream's cursor moving in the same group goes in the same statement
-                    cursor = moves.pop(stream, 0)
-                    updated.append((top[0], cursor, cursor, stream))
-                if size is not None and top[0] > size:
-                    trimmed.append((stream, top[0] - size))
-            if created:
-                db.executemany("INSERT INTO streams (name, top, epoch) VALUES (?, ?, ?)", created)
-            if updated:
-                db.executemany(
-                    "UPDATE streams SET top = ?1,"
-                    " cursor = CASE WHEN ?2 > cursor AND ?3 <= ?1 THEN ?2 ELSE cursor END"
-                    " WHERE name = ?4",
-                    updated,
+            heads = [(stream, top[0], top[1]) for stream, (top, _) in touched.items()]
+            for chunk in _chunks(heads, _ROWS):
+                db.execute(
+                    "INSERT INTO streams (name, top, epoch) VALUES "
+                    + ",".join(["(?,?,?)"] * len(chunk))
+                    + " ON CONFLICT (name) DO UPDATE SET top = excluded.top",
+                    [v for head in chunk for v in head],
                 )
-            if trimmed:
-                db.executemany("DELETE FROM messages WHERE stream = ? AND offset <= ?", trimmed)
-            if moves:
-                db.executemany(_ADVANCE, [(o, stream, o, o) for stream, o in moves.items()])
+            trims = [
+                (stream, top[0] - size)
+                for stream, (top, size) in touched.items()
+                if size is not None and top[0] > size
+            ]
+            for chunk in _chunks(trims, _ROWS):
+                names = [stream for stream, _ in chunk]
+                db.execute(
+                    "DELETE FROM messages WHERE stream IN (" + ",".join("?" * len(chunk)) + ")"
+                    " AND offset <= CASE stream" + " WHEN ? THEN ?" * len(chunk) + " END",
+                    [*names, *(v for trim in chunk for v in trim)],
+                )
+            for chunk in _chunks(list(moves.items()), _ROWS):
+                # forward only, never past the top
+                names = [stream for stream, _ in chunk]
+                db.execute(
+                    "UPDATE streams SET cursor = max(cursor, min(top, CASE name"
+                    + " WHEN ? THEN ?" * len(chunk)
+                    + " END)) WHERE name IN ("
+                    + ",".join("?" * len(chunk))
+                    + ")",
+                    [*(v for move in chunk for v in move), *names],
+                )
             return results
 
         result: list[StreamPosition | Exception] = await self._submit(op)
         return result
 
     def _tops_for(self, db: sqlite3.Connection) -> dict[str, list[Any]]:
-        """The writer thread's cache of ``[top, epoch, not yet in streams]`` per stream, valid
+        """The writer thread's cache of ``[top, epoch]`` per stream, valid
         while no other connection wrote to the file (``PRAGMA data_version``) and no
         operation of ours was rolled back (``_execute`` clears it then)."""
         version = db.execute("PRAGMA data_version").fetchone()[0]
