@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import ssl
 import time
@@ -254,3 +255,32 @@ async def test_tls_serves_wss_and_https(server_factory: ServerFactory, tmp_path:
         with pytest.raises((OSError, websockets.InvalidMessage)):  # plain ws:// is not spoken
             async with websockets.connect(f"ws://127.0.0.1:{server.port}/ws", open_timeout=2):
                 pass
+
+
+async def test_handshakes_racing_past_the_user_cap_end_authenticated_or_closed(
+    server_factory: ServerFactory,
+) -> None:
+    """The cap is checked at the handshake and again when the connection registers; a
+    connection that passed the first check and lost the race is closed (1008) after an error,
+    never left open with a welcome naming the user but not authenticated."""
+    async with server_factory(max_connections_per_user=1) as server:
+
+        async def attempt() -> str:
+            try:
+                async with server.connect(user="vic") as client:
+                    await client.expect("welcome")
+                    first = await client.recv()
+                    if first["type"] == "authenticated":
+                        await client.request("ping")
+                        return "authenticated"
+                    assert first["payload"]["code"] == "forbidden", first
+                    code, _ = await client.closed()
+                    assert code == 1008
+                    return "closed"
+            except websockets.InvalidStatus as refused:
+                assert refused.response.status_code == 429
+                return "refused"
+
+        outcomes = await asyncio.gather(*(attempt() for _ in range(6)))
+        assert outcomes.count("authenticated") >= 1
+        assert set(outcomes) <= {"authenticated", "closed", "refused"}

@@ -605,7 +605,16 @@ class Hub:
             },
         )
         if principal is not None:
-            await self.authenticate_session(session, principal)
+            try:
+                await self.authenticate_session(session, principal)
+            except Forbidden as exc:
+                # The user's connection cap passed at the handshake, and filled up just after
+                # (another node, a concurrent handshake): not a half-authenticated connection.
+                session.send_error(exc.code, exc.message)
+                session.close(CloseCode.POLICY_VIOLATION, "too many connections for this user")
+            except BackendUnavailable as exc:
+                session.log.warning("closing: cannot authenticate now: %s", exc)
+                session.close(CloseCode.TRY_AGAIN_LATER, "service temporarily unavailable")
 
     def close_session(self, session: Session) -> None:
         """Forget a connection whose transport has closed. Idempotent."""
