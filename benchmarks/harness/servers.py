@@ -276,6 +276,7 @@ def _wshub_env(
             # second (no per-connection rate limit); a quick shutdown between runs
             "WS_RATE_LIMIT": "1000000",
             "WS_RATE_BURST": "1000000",
+            "WS_STORE_RATE": "0",
             "WS_SHUTDOWN_TIMEOUT": "1000",
         }
         e.update(STORE_ENV[store])

@@ -29,7 +29,7 @@ __all__ = [
 #: Settings only ``wshub serve`` reads: an app that mounts the hub does not fail on them.
 SERVER_FIELDS = frozenset({"host", "port", "transport", "tls_cert", "tls_key", "log_level"})
 
-_SCHEMES = ("memory://", "sqlite://", "redis://", "rediss://")
+_SCHEMES = ("memory://", "sqlite://", "redis://", "rediss://", "postgresql://", "postgres://")
 
 
 class RetentionSpec(BaseModel):
@@ -87,6 +87,10 @@ class Settings(BaseSettings):
     max_message_size: int = Field(65_536, ge=64)
     rate_limit: float = Field(20.0, gt=0, description="messages per second per connection")
     rate_burst: int = Field(40, ge=1)
+    store_rate: int = Field(
+        65_536, ge=0, description="bytes per second a connection may have stored; 0: no limit"
+    )
+    store_burst: int = Field(1_048_576, ge=1024, description="bytes stored at once, at most")
     max_subscriptions: int = Field(200, ge=1)
     max_connections_per_ip: int = Field(0, ge=0, description="0: no limit")
     max_connections_per_user: int = Field(0, ge=0, description="0: no limit")
@@ -149,7 +153,10 @@ class Settings(BaseSettings):
         # The message never repeats the URL: it may hold a password.
         if url.startswith(_SCHEMES):
             return url
-        choices = "sqlite:///path.db, redis://host:6379/0, rediss://... or memory://"
+        choices = (
+            "sqlite:///path.db, redis://host:6379/0, rediss://..., postgresql://host/db"
+            " or memory://"
+        )
         scheme, sep, _ = url.partition("://")
         if not sep:
             word = url.strip().rstrip(":/").lower()

@@ -21,7 +21,14 @@ import orjson
 from pydantic import BaseModel
 
 from ..config import Settings
-from ..errors import AuthFailed, BackendUnavailable, Forbidden, InvalidMessage, MessageTooLarge
+from ..errors import (
+    AuthFailed,
+    BackendUnavailable,
+    Forbidden,
+    InvalidMessage,
+    MessageTooLarge,
+    RateLimited,
+)
 from ..interfaces import (
     Append,
     Authenticator,
@@ -351,6 +358,7 @@ class Hub:
             {"channel": channel, "data": data, "timestamp": now_ms(), "from": session.user_id}
         )
         self._check_size(body)
+        self._check_budget(session, body)
         reply = session.reserve()
 
         def done(pos: StreamPosition | None, exc: BaseException | None, _: Frame | None) -> None:
@@ -402,6 +410,7 @@ class Hub:
             }
         )
         self._check_size(envelope)
+        self._check_budget(session, envelope)
         reply = session.reserve()
 
         def answer(delivered: bool) -> Frame:
@@ -974,6 +983,15 @@ class Hub:
             raise MessageTooLarge(
                 f"message is {len(body)} bytes; a connection carries at most {limit}"
                 " (WS_OUTBOX_MAX_BYTES)"
+            )
+
+    def _check_budget(self, session: Session, body: bytes) -> None:
+        """What a connection has stored is bounded (``WS_STORE_RATE``): past it, refused."""
+        if not session.may_store(len(body)):
+            self.stats.rate_limited += 1
+            raise RateLimited(
+                f"Storing more than {self.settings.store_rate} bytes per second for this "
+                "connection; slow down"
             )
 
     def _token_expiring(self, session: Session, expires_at: float) -> None:

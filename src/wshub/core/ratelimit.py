@@ -45,6 +45,20 @@ class TokenBucket:
         self.strikes += 1
         return False
 
+    def spend(self, amount: float) -> bool:
+        """Take ``amount`` tokens at once (a byte budget); ``False``, taking none, when fewer
+        are left. Does not count strikes."""
+        now = self._clock()
+        tokens = self._tokens + (now - self._last) * self.rate
+        if tokens > self.burst:
+            tokens = self.burst
+        self._last = now
+        if tokens >= amount:
+            self._tokens = tokens - amount
+            return True
+        self._tokens = tokens
+        return False
+
     @property
     def abusive(self) -> bool:
         """True once rejections outnumber accepted messages by a whole burst."""

@@ -100,6 +100,7 @@ class Session:
         "_bucket",
         "_drained",
         "_replies",
+        "_stored",
         "channels",
         "conn",
         "headers",
@@ -133,6 +134,8 @@ class Session:
         self._bucket = TokenBucket(settings.rate_limit, settings.rate_burst)
         # Replies in handling order, while some of them wait for their work (see Reply).
         self._replies: deque[Reply] | None = None
+        # The byte budget for what this connection has stored (made on first use).
+        self._stored: TokenBucket | None = None
         self._drained: asyncio.Future[None] | None = None
         self._auth_timer: asyncio.TimerHandle | None = None
         self._auth_failures = 0
@@ -309,6 +312,17 @@ class Session:
         if self._replies and not route.pipelined:
             return self._after_replies(handling)
         return handling
+
+    def may_store(self, size: int) -> bool:
+        """Whether ``size`` more bytes may be stored on this connection's behalf now
+        (``WS_STORE_RATE`` / ``WS_STORE_BURST``); spends them when yes."""
+        settings = self.hub.settings
+        if not settings.store_rate:
+            return True
+        bucket = self._stored
+        if bucket is None:
+            bucket = self._stored = TokenBucket(settings.store_rate, settings.store_burst)
+        return bucket.spend(size)
 
     def charge(self) -> bool:
         """Charge one token of this connection's rate limit for work that is not a message
