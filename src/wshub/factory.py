@@ -1,7 +1,7 @@
 """Build a hub from settings: the store, broker and authenticator their URLs and keys name.
 
-Drivers (sqlite3, redis) are imported only when a URL asks for them; one that is not installed
-is a :class:`~wshub.extras.MissingExtra` (a ConfigError) naming the extra to install.
+Drivers (sqlite3, redis, asyncpg) are imported only when a URL asks for them; one that is not
+installed is a :class:`~wshub.extras.MissingExtra` (a ConfigError) naming the extra to install.
 """
 
 from __future__ import annotations
@@ -41,6 +41,19 @@ def _redis_url(url: str, setting: str) -> Any:
         raise ConfigError(f"{setting}: {exc}") from None
 
 
+_POSTGRES = ("postgresql://", "postgres://")
+
+
+def _postgres_url(url: str, setting: str) -> Any:
+    require("asyncpg", "postgres", setting, needed_by=url.partition("://")[0] + "://")
+    from .stores.postgres import parse_postgres_url
+
+    try:
+        return parse_postgres_url(url)
+    except ValueError as exc:
+        raise ConfigError(f"{setting}: {exc}") from None
+
+
 def create_store(url: str) -> Store:
     if url.startswith("memory://"):
         from .stores.memory import MemoryStore
@@ -58,6 +71,11 @@ def create_store(url: str) -> Store:
         from .stores.redis import RedisStore
 
         return RedisStore(redis_url.url, prefix=redis_url.prefix or "wshub")
+    if url.startswith(_POSTGRES):
+        pg_url = _postgres_url(url, "WS_STORE_URL")
+        from .stores.postgres import PostgresStore
+
+        return PostgresStore(pg_url.dsn, schema=pg_url.schema)
     raise ConfigError(f"WS_STORE_URL: no store for {url!r} yet")
 
 
@@ -71,11 +89,17 @@ def create_broker(url: str) -> Broker:
         from .brokers.redis import RedisBroker
 
         return RedisBroker(redis_url.url, channel_prefix=(redis_url.prefix or "wshub") + ":")
+    if url.startswith(_POSTGRES):
+        pg_url = _postgres_url(url, "WS_BROKER_URL")
+        from .brokers.postgres import PostgresBroker
+
+        return PostgresBroker(pg_url.dsn, schema=pg_url.schema)
     raise ConfigError(f"WS_BROKER_URL: no broker for {url!r} yet")
 
 
 def create_presence(url: str, *, node_ttl: float = 10.0) -> Presence:
-    """Presence lives where fan-out goes: in memory for one node, in Redis for a cluster."""
+    """Presence lives where fan-out goes: in memory for one node, in Redis or PostgreSQL for a
+    cluster."""
     if url.startswith("memory://"):
         from .presence.memory import MemoryPresence
 
@@ -88,6 +112,13 @@ def create_presence(url: str, *, node_ttl: float = 10.0) -> Presence:
             redis_url.url,
             prefix=redis_url.prefix or "wshub",
             node_ttl=redis_url.node_ttl or node_ttl,
+        )
+    if url.startswith(_POSTGRES):
+        pg_url = _postgres_url(url, "WS_BROKER_URL")
+        from .presence.postgres import PostgresPresence
+
+        return PostgresPresence(
+            pg_url.dsn, schema=pg_url.schema, node_ttl=pg_url.node_ttl or node_ttl
         )
     raise ConfigError(f"WS_BROKER_URL: no presence for {url!r} yet")
 

@@ -1,5 +1,6 @@
 """Fixtures parametrized over every implementation, real engines only: SQLite files and a
-throwaway ``redis-server`` (one per session, emptied before each test)."""
+throwaway ``redis-server`` (one per session, emptied before each test), a throwaway PostgreSQL
+database (one per session, a schema per test)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,10 @@ from wshub.interfaces import Store
 from wshub.stores.memory import MemoryStore
 from wshub.stores.sqlite import SQLiteStore
 
+from ..postgres_server import (
+    fresh_postgres,  # noqa: F401  (fixture)
+    postgres_database,  # noqa: F401  (fixture)
+)
 from ..redis_server import (
     RedisServer,
     redis_server,  # noqa: F401  (fixture)
@@ -68,17 +73,25 @@ def fresh_redis(request: pytest.FixtureRequest) -> Callable[[], str]:
     return get
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(params=["memory", "sqlite", "redis", "postgres"])
 def store_factory(
-    request: pytest.FixtureRequest, tmp_path: Path, fresh_redis: Callable[[], str]
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    fresh_redis: Callable[[], str],
+    fresh_postgres: Callable[[], str],  # noqa: F811  (the fixture imported above)
 ) -> StoreFactory:
     url = fresh_redis() if request.param == "redis" else ""
+    url = fresh_postgres() if request.param == "postgres" else url
 
     def make(clock: Clock) -> Store:
         if request.param == "memory":
             return MemoryStore(clock=clock)
         if request.param == "sqlite":
             return SQLiteStore(tmp_path / "store.db", clock=clock)
+        if request.param == "postgres":
+            from wshub.stores.postgres import PostgresStore
+
+            return PostgresStore(url, clock=clock)
         from wshub.stores.redis import RedisStore
 
         return RedisStore(url, clock=clock)

@@ -42,19 +42,26 @@ class Node:
 AddNode = Callable[[], Awaitable[Node]]
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "postgres"])
 async def cluster(
-    request: pytest.FixtureRequest, fresh_redis: Callable[[], str]
+    request: pytest.FixtureRequest,
+    fresh_redis: Callable[[], str],
+    fresh_postgres: Callable[[], str],
 ) -> AsyncIterator[AddNode]:
     """``await cluster()`` starts one more node of the same cluster."""
     bus = MemoryBus()
     url = fresh_redis() if request.param == "redis" else ""
+    url = fresh_postgres() if request.param == "postgres" else url
     async with AsyncExitStack() as stack:
 
         async def add_node() -> Node:
             broker: Broker
             if request.param == "memory":
                 broker = MemoryBroker(bus)
+            elif request.param == "postgres":
+                from wshub.brokers.postgres import PostgresBroker
+
+                broker = PostgresBroker(url)
             else:
                 from wshub.brokers.redis import RedisBroker
 

@@ -25,19 +25,26 @@ from .conftest import eventually
 AddNode = Callable[[], Awaitable[Presence]]
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "postgres"])
 async def cluster(
-    request: pytest.FixtureRequest, fresh_redis: Callable[[], str]
+    request: pytest.FixtureRequest,
+    fresh_redis: Callable[[], str],
+    fresh_postgres: Callable[[], str],
 ) -> AsyncIterator[AddNode]:
     """``await cluster()`` starts the presence of one more node of the same cluster."""
     state = MemoryPresenceState()
     url = fresh_redis() if request.param == "redis" else ""
+    url = fresh_postgres() if request.param == "postgres" else url
     async with AsyncExitStack() as stack:
 
         async def add_node() -> Presence:
             presence: Presence
             if request.param == "memory":
                 presence = MemoryPresence(state)
+            elif request.param == "postgres":
+                from wshub.presence.postgres import PostgresPresence
+
+                presence = PostgresPresence(url)
             else:
                 from wshub.presence.redis import RedisPresence
 
