@@ -132,7 +132,7 @@ class ASGIConnection:
 
 def _overflow(hub: Hub, session: Session) -> Callable[[], None]:
     """What to call when the transport's own frames (pongs) would pass the outbound limit."""
-    return lambda: hub._on_overflow(session)
+    return lambda: hub.overflowed(session)
 
 
 class WebSocketApp:

@@ -457,10 +457,12 @@ class HubProtocol(asyncio.Protocol):
             # limit (1013) instead of growing a queue of pongs.
             if self._charge() and not self._queue(frame(payload, OP_PONG)):
                 assert self._hub is not None and self._session is not None
-                self._hub._on_overflow(self._session)
+                self._hub.overflowed(self._session)
         elif opcode == OP_PONG:
-            if self._charge():
-                self.awaiting_pong = False
+            # The answer to the heartbeat counts even past the limit (else a client at its
+            # limit would be terminated for not answering); unsolicited floods still cost.
+            self.awaiting_pong = False
+            self._charge()
         elif opcode == OP_CLOSE:
             self._peer_closed(payload)
         else:
