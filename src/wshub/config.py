@@ -98,7 +98,7 @@ class Settings(BaseSettings):
     outbox_max_messages: int = Field(10_000, ge=1)
     allowed_origins: Annotated[list[str], NoDecode] = []
 
-    # HTTP request limits (PROTOCOL.md "HTTP API limits") and access to /metrics.
+    # HTTP request limits (docs/security.md) and access to /metrics.
     api_max_body: int = Field(1_048_576, ge=1, description="bytes of an HTTP API request body")
     request_timeout: float = Field(
         10.0, gt=0, description="seconds a request body has to arrive completely"

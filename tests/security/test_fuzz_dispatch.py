@@ -1,4 +1,4 @@
-"""Property: whatever a client sends, the hub answers it as PROTOCOL.md says, and the connection
+"""Property: whatever a client sends, the hub answers it as the protocol says, and the connection
 and the hub stay healthy. Hypothesis builds arbitrary envelopes and payloads (any JSON value,
 wrong types, integers past 64 bits, deep nesting within the size limit, unicode, raw JSON
 oddities, binary frames, every registered type and random ones) and sends them over a real
@@ -208,7 +208,7 @@ MESSAGES = (
 
 def expected(text: str) -> tuple[str | None, Any]:
     """(the error code the envelope must get, or None when a handler decides; the id the
-    answer must carry, or None), as PROTOCOL.md and the decode order say."""
+    answer must carry, or None), as the protocol and the decode order say."""
     try:
         obj = orjson.loads(text)
     except orjson.JSONDecodeError:

@@ -1,4 +1,4 @@
-"""Abuse of the HTTP side that needs no credentials (PROTOCOL.md "HTTP API limits"): bodies sent
+"""Abuse of the HTTP side that needs no credentials (the protocol's HTTP API limits): bodies sent
 before the key is checked, bodies over ``WS_API_MAX_BODY``, bodies that never finish arriving
 (slowloris after the head), pages that can be framed, and ``/metrics`` behind
 ``WS_METRICS_KEY``. Every attack goes to a real server on 127.0.0.1 over a raw socket.

@@ -1,4 +1,4 @@
-"""Every PROTOCOL.md row the core implements, against a real server and a real client."""
+"""Every row of the protocol the core implements, against a real server and a real client."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The HTTP API (PROTOCOL.md, "Server HTTP API"): any backend can publish and send through it."""
+"""The HTTP API (docs/http-api.md): any backend can publish and send through it."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Limits on HTTP requests that hold before any route runs (PROTOCOL.md "HTTP API limits"), and
+"""Limits on HTTP requests that hold before any route runs (docs/protocol.md, docs/http-api.md), and
 the security headers of the HTML pages.
 
 :class:`ApiLimits` is pure ASGI, in front of ``/api``: FastAPI reads and parses a request body
