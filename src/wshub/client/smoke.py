@@ -1,4 +1,5 @@
-"""``wshub smoke``: the protocol's scenarios (connect, authenticate, chat, channels, presence, limits) against any running server, as a pass/fail table.
+"""``wshub smoke``: the protocol's scenarios (connect, authenticate, chat, channels, presence,
+limits) against any running server, as a pass/fail table.
 
 Every run uses fresh random user ids and channels, so runs do not see each other's messages.
 Checks that need what was not given (a JWT secret, an API key) are skipped with the reason.

@@ -1,5 +1,5 @@
-"""Limits on HTTP requests that hold before any route runs (docs/protocol.md, docs/http-api.md), and
-the security headers of the HTML pages.
+"""Limits on HTTP requests that hold before any route runs (docs/http-api.md), and the security
+headers of the HTML pages.
 
 :class:`ApiLimits` is pure ASGI, in front of ``/api``: FastAPI reads and parses a request body
 before a route's dependencies run, so a key check in a dependency came after 30 MiB had been
