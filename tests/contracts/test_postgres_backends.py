@@ -199,6 +199,31 @@ async def test_a_restarted_store_keeps_history_epochs_and_cursors(
         await again.close()
 
 
+async def test_one_batch_applies_retention_as_appends_one_by_one_would(
+    fresh_postgres: Callable[[], str],
+) -> None:
+    store = PostgresStore(fresh_postgres())
+    await store.start()
+    try:
+        await store.append("s", b"before", KEEP)
+        three = Retention(size=3, ttl=None)
+        items = [Append("s", b"%d" % i, three) for i in range(10)]
+        items += [Append("t", b"a", KEEP), Append("t", b"b", Retention(size=0, ttl=None))]
+        items += [Append("s", b"last", Retention(size=5, ttl=None))]
+        results = await store.append_batch(items)
+        assert [r.offset for r in results if not isinstance(r, Exception)] == [
+            *range(2, 12),
+            1,
+            2,
+            12,
+        ]
+        kept, pos = await store.read("s", 0)
+        assert [m.offset for m in kept] == [9, 10, 11, 12] and pos.offset == 12
+        assert (await store.read("t", 0))[0] == []  # size 0 dropped what came before it too
+    finally:
+        await store.close()
+
+
 async def test_retention_by_age_is_swept(fresh_postgres: Callable[[], str]) -> None:
     now = [1_800_000_000.0]
     store = PostgresStore(fresh_postgres(), clock=lambda: now[0])

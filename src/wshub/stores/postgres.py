@@ -169,9 +169,10 @@ CREATE TABLE IF NOT EXISTS {s}.presence_entries (
 );
 CREATE INDEX IF NOT EXISTS presence_entries_node ON {s}.presence_entries (node);
 
--- Appends (and cursor moves) of one batch, in order, in the caller's transaction. A stream's
--- row is locked (streams in name order, so two batches never deadlock) before its offsets are
--- taken. heads/tails: the NOTIFY payload around the offset (tail NULL: spill the message).
+-- Appends (and cursor moves) of one batch, in order, in the caller's transaction, set-based.
+-- A stream's row is locked (streams in name order, so two batches never deadlock) before its
+-- offsets are taken. heads/tails: the NOTIFY payload around the offset (tail NULL: spill the
+-- message).
 CREATE OR REPLACE FUNCTION {s}.append_batch(
     streams text[], datas bytea[], sizes bigint[], expires double precision[],
     channels text[], heads text[], tails text[], tag text,
@@ -179,8 +180,9 @@ CREATE OR REPLACE FUNCTION {s}.append_batch(
 ) RETURNS TABLE (top bigint, epoch text) LANGUAGE plpgsql AS $$
 DECLARE
     db_epoch text;
-    t bigint;
-    e text;
+    offs bigint[];
+    eps text[];
+    keeps boolean[];
     ref bigint;
     spilled boolean := false;
 BEGIN
@@ -190,30 +192,50 @@ BEGIN
         ON CONFLICT (name) DO NOTHING;
     PERFORM 1 FROM {s}.streams AS x WHERE x.name = ANY(streams || cursor_streams)
         ORDER BY x.name FOR UPDATE;
+    -- Offsets: the stream's top plus the item's rank in the stream. An item is kept unless a
+    -- later item's retention by size (offset - size) already drops it, as item by item would.
+    SELECT coalesce(array_agg(q.off ORDER BY q.ord), '{{}}'),
+           coalesce(array_agg(q.ep ORDER BY q.ord), '{{}}'),
+           coalesce(array_agg(q.keep ORDER BY q.ord), '{{}}')
+        INTO offs, eps, keeps
+        FROM (
+            SELECT w.ord, w.off, w.ep,
+                   w.off > coalesce(max(w.off - w.size) OVER (
+                       PARTITION BY w.stream ORDER BY w.ord
+                       ROWS BETWEEN CURRENT ROW AND UNBOUNDED FOLLOWING), -1) AS keep
+            FROM (
+                SELECT i.ord, i.stream, i.size, x.epoch AS ep,
+                       x.top + row_number() OVER (PARTITION BY i.stream ORDER BY i.ord) AS off
+                FROM unnest(streams, sizes) WITH ORDINALITY AS i(stream, size, ord)
+                JOIN {s}.streams AS x ON x.name = i.stream
+            ) AS w
+        ) AS q;
+    INSERT INTO {s}.messages (stream, "offset", expires, data)
+        SELECT u.stream, u.off, u.exp, u.data
+        FROM unnest(streams, offs, expires, datas, keeps) AS u(stream, off, exp, data, keep)
+        WHERE u.keep;
+    UPDATE {s}.streams AS x SET top = m.top
+        FROM (SELECT u.stream, max(u.off) AS top FROM unnest(streams, offs) AS u(stream, off)
+              GROUP BY u.stream) AS m
+        WHERE x.name = m.stream;
+    -- what the batch's retention by size drops of the older messages (kept ones are all newer)
+    DELETE FROM {s}.messages AS m
+        USING (SELECT u.stream, max(u.off - u.size) AS upto
+               FROM unnest(streams, offs, sizes) AS u(stream, off, size)
+               WHERE u.size IS NOT NULL GROUP BY u.stream) AS d
+        WHERE m.stream = d.stream AND m."offset" <= d.upto;
     FOR i IN 1 .. coalesce(array_length(streams, 1), 0) LOOP
-        UPDATE {s}.streams AS x SET top = x.top + 1 WHERE x.name = streams[i]
-            RETURNING x.top, x.epoch INTO t, e;
-        IF sizes[i] IS NULL OR sizes[i] > 0 THEN
-            INSERT INTO {s}.messages (stream, "offset", expires, data)
-                VALUES (streams[i], t, expires[i], datas[i]);
-        END IF;
-        IF sizes[i] IS NOT NULL AND t > sizes[i] THEN
-            DELETE FROM {s}.messages AS m
-                WHERE m.stream = streams[i] AND m."offset" <= t - sizes[i];
-        END IF;
         IF channels[i] IS NOT NULL THEN
             IF tails[i] IS NOT NULL THEN
-                PERFORM pg_notify(channels[i], heads[i] || t::text || tails[i]);
+                PERFORM pg_notify(channels[i], heads[i] || offs[i]::text || tails[i]);
             ELSE
                 INSERT INTO {s}.spill (data)
-                    VALUES (convert_to(t::text || ':', 'UTF8') || datas[i]) RETURNING id INTO ref;
+                    VALUES (convert_to(offs[i]::text || ':', 'UTF8') || datas[i])
+                    RETURNING id INTO ref;
                 PERFORM pg_notify(channels[i], tag || 'r' || ref::text);
                 spilled := true;
             END IF;
         END IF;
-        top := t;
-        epoch := e;
-        RETURN NEXT;
     END LOOP;
     FOR i IN 1 .. coalesce(array_length(cursor_streams, 1), 0) LOOP
         UPDATE {s}.streams AS x SET cursor = cursor_offsets[i]
@@ -223,6 +245,7 @@ BEGIN
     IF spilled THEN
         DELETE FROM {s}.spill AS p WHERE p.created < now() - interval '10 minutes';
     END IF;
+    RETURN QUERY SELECT u.o, u.e FROM unnest(offs, eps) AS u(o, e);
 END
 $$;
 
