@@ -23,6 +23,7 @@ from wshub.interfaces import Append, Retention
 from wshub.presence.postgres import PostgresPresence
 from wshub.stores.postgres import PostgresStore, parse_postgres_url
 from wshub.testing import free_port
+from wshub.types import StreamPosition
 
 from ..postgres_server import PostgresDatabase
 from .conftest import eventually
@@ -220,6 +221,51 @@ async def test_one_batch_applies_retention_as_appends_one_by_one_would(
         kept, pos = await store.read("s", 0)
         assert [m.offset for m in kept] == [9, 10, 11, 12] and pos.offset == 12
         assert (await store.read("t", 0))[0] == []  # size 0 dropped what came before it too
+    finally:
+        await store.close()
+
+
+async def test_an_item_postgres_cannot_store_fails_alone(
+    fresh_postgres: Callable[[], str],
+) -> None:
+    store = PostgresStore(fresh_postgres())
+    await store.start()
+    try:
+        items = [Append("u:a", b"1", KEEP), Append("u:nul\x00", b"x", KEEP)]
+        items += [Append("u:\ud800", b"x", KEEP), Append("u:a", b"2", KEEP)]
+        results = await store.append_batch(items, {"u:a": 2**70})
+        assert [type(r) for r in results] == [
+            StreamPosition,
+            BackendUnavailable,
+            BackendUnavailable,
+            StreamPosition,
+        ]
+        assert [m.data for m in (await store.read("u:a", 0))[0]] == [b"1", b"2"]
+    finally:
+        await store.close()
+
+
+async def test_a_store_whose_connections_were_cut_carries_on(
+    fresh_postgres: Callable[[], str], postgres_database: PostgresDatabase
+) -> None:
+    store = PostgresStore(fresh_postgres())
+    await store.start()
+    try:
+        await store.append("c:x", b"1", KEEP)
+        killed = await postgres_database.fetch(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND application_name = 'wshub'"
+        )
+        assert killed
+
+        async def appends() -> bool:
+            await store.append("c:x", b"2", KEEP)
+            return True
+
+        await eventually(appends, 3, "the pool connects again")
+        assert await store.healthy()
+        messages, _ = await store.read("c:x", 0)
+        assert [m.data for m in messages] == [b"1", b"2"]
     finally:
         await store.close()
 

@@ -103,7 +103,7 @@ class PostgresBroker:
 
     def channel(self, topic: str) -> str:
         """The notification channel of ``topic``."""
-        digest = hashlib.blake2b(topic.encode(), digest_size=12).hexdigest()
+        digest = hashlib.blake2b(topic.encode(errors="surrogatepass"), digest_size=12).hexdigest()
         return f"{self.schema}.{digest}"
 
     @property
@@ -241,12 +241,14 @@ class PostgresBroker:
     async def _connect(self) -> None:
         with pg_errors(self.where):
             listener = await asyncpg.connect(
-                self.dsn, timeout=self._timeout, command_timeout=self._timeout
+                self.dsn,
+                timeout=self._timeout,
+                command_timeout=self._timeout,
+                server_settings={"application_name": "wshub-broker"},
             )
         try:
             async with self._lock:
                 with pg_errors(self.where):
-                    await listener.execute("SET application_name = 'wshub-broker'")
                     for channel in list(self._topics):
                         await listener.add_listener(channel, self._notified)
                 listener.add_termination_listener(lambda _conn: self._broken.set())

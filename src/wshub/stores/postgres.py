@@ -274,10 +274,6 @@ $$;
 """
 
 
-async def _init_connection(conn: Any) -> None:
-    await conn.execute("SET application_name = 'wshub'")
-
-
 async def connect_pool(
     dsn: str, schema: str, where: str, *, timeout: float, max_size: int = 10
 ) -> Any:
@@ -290,7 +286,7 @@ async def connect_pool(
             max_size=max_size,
             timeout=timeout,
             command_timeout=max(timeout, 5.0),
-            init=_init_connection,
+            server_settings={"application_name": "wshub"},
         )
     try:
         with pg_errors(where):
@@ -500,10 +496,16 @@ class PostgresStore:
         tails: list[str | None] = []
         moves: dict[str, int] = {}
         tag, channel_of = self._publish or ("", None)
-        for a, extra in items:
+        # what PostgreSQL would refuse fails alone, not the batch of everyone's appends with it
+        bad: dict[int, Exception] = {}
+        for n, (a, extra) in enumerate(items):
             if a is None:
                 stream, offset = extra
-                moves[stream] = max(offset, moves.get(stream, 0))
+                if _storable(stream) and 0 <= offset < 2**63:  # else no such top: a no-op
+                    moves[stream] = max(offset, moves.get(stream, 0))
+                continue
+            if not _storable(a.stream):
+                bad[n] = BackendUnavailable(f"{self.where}: cannot store stream {a.stream!r}")
                 continue
             streams.append(a.stream)
             datas.append(a.data)
@@ -536,7 +538,10 @@ class PostgresStore:
                 list(moves.values()),
             )
         positions = iter([StreamPosition(int(r[0]), str(r[1])) for r in rows])
-        return [next(positions) if a is not None else None for a, _ in items]
+        return [
+            bad[n] if n in bad else next(positions) if a is not None else None
+            for n, (a, _) in enumerate(items)
+        ]
 
     async def read(
         self, stream: str, since: int, limit: int | None = None
@@ -608,6 +613,17 @@ class PostgresStore:
                     logger.debug("retention removed %d expired message(s)", removed)
             except BackendUnavailable as exc:
                 logger.warning("retention sweep failed: %s", exc)
+
+
+def _storable(name: str) -> bool:
+    """Whether PostgreSQL's ``text`` can hold ``name`` (UTF-8, no NUL)."""
+    if "\x00" in name:
+        return False
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def new_tag() -> str:
