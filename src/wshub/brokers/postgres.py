@@ -251,12 +251,16 @@ class PostgresBroker:
                 with pg_errors(self.where):
                     for channel in list(self._topics):
                         await listener.add_listener(channel, self._notified)
-                listener.add_termination_listener(lambda _conn: self._broken.set())
+                listener.add_termination_listener(self._terminated)
                 self._broken.clear()
                 self._listener = listener
         except BaseException:
             listener.terminate()
             raise
+
+    def _terminated(self, conn: Any) -> None:
+        if conn is self._listener:  # not a replaced one, whose news may come late
+            self._broken.set()
 
     async def _watch(self) -> None:
         """Check the listening connection every ``ping_interval``; replace it when it broke."""
