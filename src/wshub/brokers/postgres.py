@@ -107,6 +107,11 @@ class PostgresBroker:
         return f"{self.schema}.{digest}"
 
     @property
+    def listener_pid(self) -> int | None:
+        """The server process of the listening connection (``pg_stat_activity.pid``)."""
+        return None if self._listener is None else int(self._listener.get_server_pid())
+
+    @property
     def connected(self) -> bool:
         return self._listener is not None and not self._listener.is_closed()
 
