@@ -1,9 +1,18 @@
 """An existing FastAPI app that adds real-time features with wshub.
 
-Run it:  WS_JWT_SECRET=$(openssl rand -hex 32) .venv/bin/uvicorn examples.fastapi_app:app
-Then:    .venv/bin/wshub client ws://127.0.0.1:8000/ws --user alice
-         curl -X POST localhost:8000/orders -H 'content-type: application/json' \\
-              -d '{"user_id": "alice", "item": "book"}'
+Run it from the repository's root. The app and `wshub client --user` mint and check tokens with
+the same WS_JWT_SECRET, so it goes in ./.env, which both read (`make run` writes one):
+
+    grep -qs '^WS_JWT_SECRET=' .env || echo "WS_JWT_SECRET=$(openssl rand -hex 32)" >> .env
+    .venv/bin/uvicorn examples.fastapi_app:app --ws wshub.native:HubProtocol \
+        --http wshub.uvicorn_protocols:GuardedHttpProtocol \
+        --ws-max-size 65536 --ws-ping-interval 30 --ws-ping-timeout 30
+
+Then, in another terminal (the client sends its token in an `authenticate` message):
+
+    .venv/bin/wshub client ws://127.0.0.1:8000/ws --user alice
+    curl -X POST localhost:8000/orders -H 'content-type: application/json' \
+         -d '{"user_id": "alice", "item": "book"}'
 """
 
 from __future__ import annotations
@@ -51,8 +60,8 @@ async def user_online(user_id: str) -> dict[str, bool]:
     return {"online": await hub.is_user_connected(user_id)}
 
 
-# A domain message type of the app's own, validated by Pydantic (the seed's
-# handleWebSocketMessage switch, grown by registration instead of by editing a switch).
+# A domain message type of the app's own, validated by Pydantic (registered with a decorator
+# instead of another case in a switch over message types).
 class TypingPayload(BaseModel):
     channel: str
     active: bool = True

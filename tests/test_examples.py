@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import functools
 import importlib
+import os
+import re
+import shutil
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -14,7 +19,7 @@ import pytest
 import websockets
 
 from wshub.auth.jwt import issue_token
-from wshub.testing import serve_asgi
+from wshub.testing import free_port, serve_asgi
 
 from .conftest import SECRET
 
@@ -110,3 +115,83 @@ async def test_django_example_serves_views_and_the_hub_side_by_side(
             note = await _recv(ws)
             assert note["type"] == "notification"
             assert note["payload"]["message"] == "from Django"  # type: ignore[index]
+            # from a sync view, through async_to_sync
+            r = await http.post("/notify-sync/dora", json={"title": "T", "message": "sync"})
+            assert r.json() == {"delivered": True, "queued": False}
+            note = await _recv(ws)
+            assert note["payload"]["message"] == "sync"  # type: ignore[index]
+
+
+def _documented_commands(module: Path) -> list[str]:
+    """The shell commands of a module docstring's run steps (its indented lines, with
+    backslash continuations joined)."""
+    doc = ast.get_docstring(ast.parse(module.read_text())) or ""
+    commands: list[str] = []
+    pending = ""
+    for line in doc.splitlines():
+        if not line.startswith("    "):
+            continue
+        pending += line.strip()
+        if pending.endswith("\\"):
+            pending = pending[:-1] + " "
+            continue
+        commands.append(pending)
+        pending = ""
+    return commands
+
+
+async def _line_with(stream: asyncio.StreamReader, needle: str, seen: list[str]) -> str:
+    async with asyncio.timeout(20):
+        while raw := await stream.readline():
+            line = raw.decode(errors="replace").rstrip()
+            seen.append(line)
+            if needle in line:
+                return line
+    raise AssertionError(f"{needle!r} never came: {seen}")
+
+
+async def test_the_fastapi_examples_run_steps_work_as_written(tmp_path: Path) -> None:
+    """The docstring's commands, run as written in a checkout with no .env and no WS_* variable:
+    the server, then the client it names, then the curl that notifies that client."""
+    setup, server_cmd, client_cmd, curl_cmd = _documented_commands(ROOT / "examples/fastapi_app.py")
+    assert server_cmd.startswith(".venv/bin/uvicorn") and "wshub client" in client_cmd
+    shutil.copytree(ROOT / "examples", tmp_path / "examples")
+    (tmp_path / ".venv").symlink_to(ROOT / ".venv")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WS_", "UVICORN_"))}
+    port = str(free_port())
+    env["UVICORN_PORT"] = port  # the one change: not uvicorn's default port 8000
+
+    def at_port(command: str) -> str:
+        return command.replace("8000", port)
+
+    run = functools.partial(asyncio.create_subprocess_shell, cwd=tmp_path, env=env)
+    prepare = await run(setup)
+    assert await asyncio.wait_for(prepare.wait(), 30) == 0
+    assert re.fullmatch(r"WS_JWT_SECRET=[0-9a-f]{64}\n", (tmp_path / ".env").read_text())
+    # exec: the process to stop at the end is the command's, not a shell's around it.
+    server = await run(f"exec {server_cmd}", stderr=asyncio.subprocess.PIPE)
+    client: asyncio.subprocess.Process | None = None
+    seen: list[str] = []
+    try:
+        assert server.stderr is not None
+        await _line_with(server.stderr, "Application startup complete", seen)
+        client = await run(
+            f"exec {at_port(client_cmd)}",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        assert client.stdout is not None and client.stdin is not None
+        authenticated = await _line_with(client.stdout, '"authenticated"', seen)
+        assert orjson.loads(authenticated)["payload"]["userId"] == "alice"
+        curl = await run(at_port(curl_cmd), stdout=asyncio.subprocess.PIPE)
+        out, _ = await asyncio.wait_for(curl.communicate(), 20)
+        assert orjson.loads(out) == {"id": 1, "notified": True, "queued": False}
+        note = orjson.loads(await _line_with(client.stdout, '"notification"', seen))
+        assert note["payload"]["message"] == "Your book is on its way"
+        client.stdin.close()
+        assert await asyncio.wait_for(client.wait(), 20) == 0
+    finally:
+        for proc in (client, server):
+            if proc is not None and proc.returncode is None:
+                proc.terminate()
+                await asyncio.wait_for(proc.wait(), 20)

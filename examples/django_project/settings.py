@@ -5,6 +5,6 @@ DEBUG = False
 ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
 ROOT_URLCONF = "examples.django_project.urls"
 INSTALLED_APPS: list[str] = []
-MIDDLEWARE: list[str] = []
+MIDDLEWARE = ["django.middleware.csrf.CsrfViewMiddleware"]  # as in a default project
 DATABASES: dict[str, object] = {}
 USE_TZ = True

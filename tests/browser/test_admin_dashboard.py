@@ -194,15 +194,38 @@ async def test_a_wrong_key_is_refused_clearly_and_polling_stops(
     await expect(dash.tile("Connections")).to_have_text("0")
 
 
+API_DISABLED = (
+    "The HTTP API is disabled on this server (no WS_API_KEY): "
+    "set WS_API_KEY on the server and restart it to use the dashboard."
+)
+
+
 async def test_without_an_api_key_configured_the_page_says_the_api_is_off(
     open_dashboard: DashboardFactory,
 ) -> None:
     async with run_server(make_settings(transport="native", api_key=None)) as server:
         dash = await open_dashboard(server.http)
         await dash.sign_in("anything")
-        await expect(dash.alert).to_have_text(
-            "The server's HTTP API is disabled (401): set WS_API_KEY on the server."
-        )
+        await expect(dash.alert).to_have_text(API_DISABLED)
+        await expect(dash.status).to_have_text("HTTP API disabled")
+
+
+async def test_without_an_api_key_the_page_says_so_before_any_key_is_typed(
+    open_dashboard: DashboardFactory, server: TestServer
+) -> None:
+    async with run_server(make_settings(transport="native", api_key=None)) as off:
+        dash = await open_dashboard(off.http)
+        await expect(dash.alert).to_have_text(API_DISABLED)
+        await expect(dash.status).to_have_text("HTTP API disabled")
+        await expect(dash.status).not_to_have_text(re.compile("Wrong API key"))
+        await expect(dash.page.get_by_role("group", name="Connections")).to_be_hidden()
+    # A server with a key: no such message until a key is tried, and then "Wrong API key".
+    dash = await open_dashboard(server.http)
+    await expect(dash.status).to_have_text("Signed out")
+    assert await dash.page.evaluate("fetch('/healthz').then((r) => r.status)") == 200
+    await expect(dash.alert).to_be_hidden()
+    await dash.sign_in("not-the-key")
+    await expect(dash.status).to_have_text("Wrong API key")
 
 
 async def test_the_tiles_and_tables_show_the_hubs_real_figures(

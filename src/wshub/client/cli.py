@@ -1,5 +1,5 @@
 """``wshub client`` (an interactive terminal client) and ``wshub smoke`` (a pass/fail run of the
-seed guide's scenarios against a running server)."""
+everyday scenarios against a running server)."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def add_commands(sub: Any) -> None:
 
     smoke = sub.add_parser(
         "smoke",
-        help="run the seed guide's scenarios against a running server",
+        help="check a running server: connect, auth, chat, pub/sub, HTTP API (pass/fail)",
         description="Connect, ping, authenticate, chat (online and offline), publish/subscribe, "
         "notify and broadcast over the HTTP API, and error cases, with fresh random users; "
         "print a pass/fail table. Exit status 1 if any check fails.",

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import logging
+import os
 import sys
 import threading
 from dataclasses import dataclass
@@ -134,6 +137,44 @@ class _Session:
         return True
 
 
+class _AttemptOutcomes(logging.Handler):
+    """What became of each reconnect attempt: the SDK logs why one failed ("reconnect attempt
+    %d failed: %r" on ``wshub.client``); the tool reports it when the next one is scheduled, so
+    each attempt is reported with its own outcome, not the close that started reconnecting."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.failed: dict[int, str] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not (isinstance(record.msg, str) and record.msg.startswith("reconnect attempt")):
+            return
+        args = record.args if isinstance(record.args, tuple) else ()
+        if not args or not isinstance(args[0], int):
+            return
+        exc = args[1] if len(args) > 1 else (record.exc_info[1] if record.exc_info else None)
+        self.failed[args[0]] = describe_failure(exc)
+
+
+def describe_failure(exc: object) -> str:
+    """One short phrase for why a connection attempt failed."""
+    if exc is None:
+        return "failed"
+    response = getattr(exc, "response", None)
+    status = getattr(response, "status_code", None)
+    if isinstance(status, int):
+        return f"refused with HTTP {status}"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, OSError):
+        if isinstance(exc, ConnectionRefusedError) or exc.errno == errno.ECONNREFUSED:
+            return "connection refused"
+        if exc.errno:
+            return os.strerror(exc.errno).lower()
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def _ignore(_: object) -> None:
     """Subscriptions of the tool print frames as they arrive; the SDK's copy is not needed."""
 
@@ -168,6 +209,7 @@ async def run_client(
     plain: bool | None = None,
     reconnect: bool | None = None,
     timeout: float = 10.0,
+    policy: ReconnectPolicy | None = None,
 ) -> int:
     """Run the tool until ``/quit``, end of input (plus ``wait`` seconds when piped) or a close
     the client does not recover from. Returns the exit status."""
@@ -180,24 +222,30 @@ async def run_client(
     printer = FramePrinter(plain=plain)
 
     reconnecting = False
+    outcomes = _AttemptOutcomes()
 
     def on_state(change: StateChange) -> None:
         nonlocal reconnecting
         if change.state is ConnectionState.RECONNECTING:
             reconnecting = True
-            printer.note(
-                f"connection closed ({change.code}); reconnecting in {change.delay:.1f}s "
-                f"(attempt {change.attempt})"
-            )
+            retry = f"reconnecting in {change.delay:.1f}s (attempt {change.attempt})"
+            if change.attempt <= 1:
+                closed = f"{change.code} {change.reason}".strip()
+                printer.note(f"connection closed ({closed}); {retry}")
+            else:
+                previous = change.attempt - 1
+                why = outcomes.failed.pop(previous, "failed")
+                printer.note(f"attempt {previous}: {why}; {retry}")
         elif change.state is ConnectionState.CONNECTED and reconnecting:
             reconnecting = False
+            outcomes.failed.clear()
             printer.note(f"reconnected to {url}; subscriptions resumed", style="green")
 
     client = Client(
         url,
         token=token,
         token_in_url=token_in_url,
-        reconnect=ReconnectPolicy() if reconnect else False,
+        reconnect=(policy or ReconnectPolicy()) if reconnect else False,
         request_timeout=timeout,
         open_timeout=timeout,
         on_frame=printer.received,
@@ -217,6 +265,20 @@ async def run_client(
             import readline  # noqa: F401  (input() gets line editing and history)
         printer.note("connected; /help for shortcuts, /quit or Ctrl-D to leave", "bright_black")
 
+    sdk_log = logging.getLogger("wshub.client")
+    sdk_level = sdk_log.level
+    if interactive:
+        sdk_log.addHandler(outcomes)
+        if not sdk_log.isEnabledFor(logging.INFO):
+            sdk_log.setLevel(logging.INFO)
+    try:
+        return await _run(client, printer, interactive, wait)
+    finally:
+        sdk_log.removeHandler(outcomes)
+        sdk_log.setLevel(sdk_level)
+
+
+async def _run(client: Client, printer: FramePrinter, interactive: bool, wait: float) -> int:
     session = _Session(client, printer)
     lines: asyncio.Queue[str | None] = asyncio.Queue()
     _start_input_thread(lines, interactive)
@@ -228,7 +290,12 @@ async def run_client(
             await asyncio.wait({next_line, closed}, return_when=asyncio.FIRST_COMPLETED)
             if not next_line.done():
                 next_line.cancel()
-                printer.error(f"connection closed ({client.close_code} {client.close_reason})")
+                error = client.error
+                if error is None or str(error).startswith("closed by the server"):
+                    closed_by = f"{client.close_code} {client.close_reason}".strip()
+                    printer.error(f"connection closed ({closed_by})")
+                else:  # reconnecting gave up, or an attempt was refused for good
+                    printer.error(f"stopped reconnecting: {str(error) or type(error).__name__}")
                 status = 1
                 break
             line = next_line.result()

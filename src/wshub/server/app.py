@@ -10,6 +10,11 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import (
+    get_redoc_html,
+    get_swagger_ui_html,
+    get_swagger_ui_oauth2_redirect_html,
+)
 from fastapi.responses import (
     FileResponse,
     HTMLResponse,
@@ -18,7 +23,9 @@ from fastapi.responses import (
     Response,
 )
 from starlette.exceptions import HTTPException
-from starlette.routing import WebSocketRoute
+from starlette.routing import Mount, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+from starlette.websockets import WebSocket
 
 from ..asgi import WebSocketApp
 from ..asyncapi import asyncapi_document, asyncapi_html
@@ -33,6 +40,25 @@ from .metrics import metrics_access, metrics_response
 __all__ = ["create_app"]
 
 STATIC = Path(__file__).parent / "static"
+#: Where /docs and /redoc load Swagger UI and ReDoc from: the copies the fastapi-offline package
+#: ships (part of the server extra), so the pages work offline and load nothing from a CDN.
+DOCS_ASSETS = "/docs-assets"
+#: The pages the index at / links to, and the start-up log names.
+PAGES = {
+    "test page": "/ws-test",
+    "dashboard": "/admin",
+    "HTTP API docs": "/docs",
+    "protocol (AsyncAPI)": "/asyncapi",
+    "metrics": "/metrics",
+    "health": "/healthz",
+}
+
+
+def _docs_assets() -> Path:
+    from ..extras import require
+
+    package = require("fastapi_offline", "server", needed_by="the /docs page of wshub serve")
+    return Path(str(package.__file__)).parent / "static"
 
 
 def create_app(settings: Settings | None = None, *, hub: Hub | None = None) -> FastAPI:
@@ -44,6 +70,8 @@ def create_app(settings: Settings | None = None, *, hub: Hub | None = None) -> F
         summary="HTTP API of the wshub real-time hub",
         version="1",
         lifespan=hub.lifespan,
+        docs_url=None,  # served below, from the package's own copy of the assets
+        redoc_url=None,
     )
     app.state.hub = hub
     settings = hub.settings
@@ -58,6 +86,8 @@ def create_app(settings: Settings | None = None, *, hub: Hub | None = None) -> F
     )
     app.include_router(build_api_router(hub))
     app.router.routes.append(WebSocketRoute(hub.settings.path, WebSocketApp(hub)))
+    # Any other WebSocket path: 404 naming the hub's (ASGI would answer 403, read as origins).
+    app.router.routes.append(WebSocketRoute("/{path:path}", _no_endpoint(hub.settings.path)))
 
     @app.exception_handler(InvalidMessage)
     async def invalid_message(request: Request, exc: InvalidMessage) -> JSONResponse:
@@ -153,8 +183,62 @@ def create_app(settings: Settings | None = None, *, hub: Hub | None = None) -> F
         # The page holds no data: it asks for the API key and reads /api/stats with it.
         return FileResponse(STATIC / "admin.html", media_type="text/html", headers=admin_headers)
 
+    index_headers = page_headers(content_security_policy(STATIC / "index.html"))
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html", headers=index_headers)
+
+    _add_docs_pages(app)
+
     @app.get("/wshub.js", include_in_schema=False)
     async def js_client() -> FileResponse:
         return FileResponse(STATIC / "wshub.js", media_type="text/javascript")
 
     return app
+
+
+def _no_endpoint(hub_path: str) -> Any:
+    """The WebSocket endpoint of every path but the hub's: refuse the handshake with 404."""
+    detail = f"no WebSocket endpoint here; the hub is at {hub_path}"
+
+    async def no_endpoint(websocket: WebSocket) -> None:
+        await websocket.send_denial_response(JSONResponse({"detail": detail}, status_code=404))
+
+    return no_endpoint
+
+
+def _add_docs_pages(app: FastAPI) -> None:
+    """/docs (Swagger UI) and /redoc, with every script, style and icon from this server."""
+    app.router.routes.append(
+        Mount(DOCS_ASSETS, StaticFiles(directory=_docs_assets()), name="docs-assets")
+    )
+    openapi_url = app.openapi_url or "/openapi.json"
+    oauth2_redirect = "/docs/oauth2-redirect"
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{openapi_url}",
+            title="wshub - HTTP API",
+            oauth2_redirect_url=f"{root}{oauth2_redirect}",
+            swagger_js_url=f"{root}{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png",
+        )
+
+    @app.get(oauth2_redirect, include_in_schema=False)
+    async def swagger_ui_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_redoc_html(
+            openapi_url=f"{root}{openapi_url}",
+            title="wshub - HTTP API",
+            redoc_js_url=f"{root}{DOCS_ASSETS}/redoc.standalone.js",
+            redoc_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png",
+            with_google_fonts=False,
+        )

@@ -20,9 +20,9 @@ import uvicorn
 from ..config import Settings, load_settings
 from ..core.hub import Hub
 from ..errors import BackendUnavailable, ConfigError
-from .app import create_app
+from .app import PAGES, create_app
 
-__all__ = ["DrainingServer", "serve", "uvicorn_config"]
+__all__ = ["DrainingServer", "RedactTokens", "configure_logging", "serve", "uvicorn_config"]
 
 logger = logging.getLogger("wshub.server")
 
@@ -111,14 +111,89 @@ class _StandaloneServer(DrainingServer):
         if self.started and self.hub is not None:
             settings = self.hub.settings
             bound = self.servers[0].sockets[0].getsockname() if self.servers else None
+            port = bound[1] if bound else settings.port
             logger.info(
                 "wshub listening on %s://%s:%d%s (store %s)",
                 "wss" if settings.tls_cert else "ws",
                 settings.host,
-                bound[1] if bound else settings.port,
+                port,
                 settings.path,
                 _redact(settings.store_url),
             )
+            base = (
+                f"{'https' if settings.tls_cert else 'http'}://{_browsable(settings.host)}:{port}"
+            )
+            for name, path in PAGES.items():
+                logger.info("%s: %s%s", name, base, path)
+
+
+def _browsable(host: str) -> str:
+    """The host to put in a URL a browser on this machine can open."""
+    if host in ("", "0.0.0.0", "::"):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+_TOKEN_IN_QUERY = re.compile(r"((?:^|[?&;\s])(?:access_)?token=)[^&\s\"']+", re.IGNORECASE)
+
+
+class RedactTokens(logging.Filter):
+    """Rewrites ``token=<value>`` (in a URL's query, as uvicorn logs a request) to
+    ``token=***`` in a record's message and its string arguments, keeping the arguments' shape
+    (uvicorn's access formatter unpacks them)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = _redact_tokens(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(_redact_tokens(a) if isinstance(a, str) else a for a in record.args)
+        return True
+
+
+def _redact_tokens(text: str) -> str:
+    return _TOKEN_IN_QUERY.sub(r"\1***", text) if "token=" in text.lower() else text
+
+
+#: What websockets logs at INFO for every connection (under wshub serve's native transport on
+#: the websockets.server logger, under uvicorn's WebSocket protocol on uvicorn.error).
+_PER_CONNECTION = re.compile(r"connection (open|closed|rejected \(.*\))|HTTP response sent \(")
+
+
+class _QuietServeLog(logging.Filter):
+    """Drops websockets' line per connection (unless ``per_connection``), and the ERROR
+    "ASGI callable returned without completing handshake." that uvicorn 0.54 logs after every
+    handshake refused through the ASGI ``websocket.http.response`` extension (a wrong path's 404,
+    the hub's 401/403/429), which it has answered."""
+
+    def __init__(self, per_connection: bool) -> None:
+        super().__init__()
+        self.per_connection = per_connection
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.msg
+        if not isinstance(msg, str):
+            return True
+        if msg == "ASGI callable returned without completing handshake.":
+            return False
+        return self.per_connection or _PER_CONNECTION.fullmatch(msg) is None
+
+
+#: Loggers that name request URLs (uvicorn logs each WebSocket handshake it answers with its path
+#: and query on uvicorn.error).
+_URL_LOGGERS = ("uvicorn.error", "uvicorn.access", "websockets.server")
+
+
+def configure_logging(settings: Settings) -> None:
+    """``wshub serve``'s logging: no token from a URL in any line, and websockets' own
+    "connection open" / "connection closed" lines (one per connection at INFO) only with
+    ``WS_LOG_LEVEL=debug``."""
+    debug = settings.log_level.lower() == "debug"
+    for name in _URL_LOGGERS:
+        log = logging.getLogger(name)
+        for old in [f for f in log.filters if isinstance(f, RedactTokens | _QuietServeLog)]:
+            log.removeFilter(old)
+        log.addFilter(RedactTokens())
+        log.addFilter(_QuietServeLog(per_connection=debug))
 
 
 def _redact(url: str) -> str:
@@ -225,6 +300,7 @@ def serve(settings: Settings | None = None) -> None:
     ``wshub serve``) or :class:`BackendUnavailable` (the port is taken, a store or broker cannot
     be reached: exit status 1), each with a one-line message naming the setting."""
     settings = settings if settings is not None else load_settings()
+    configure_logging(settings)
     app = create_app(settings)
     hub: Hub = app.state.hub
     config = uvicorn_config(app, settings, hub)
