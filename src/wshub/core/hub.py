@@ -178,6 +178,9 @@ class Hub:
         )
         # Per user: the revocation time (whole seconds) read from the store, or 0 for none.
         self._revoked: dict[UserId, int] = {}
+        #: Broker topics a transport handles itself (the SSE fallback's ``sse:<node id>``):
+        #: topic -> called with the body of each ephemeral message (``pack(0, body)``) on it.
+        self.topic_handlers: dict[str, Callable[[bytes], None]] = {}
         #: Whether handlers may start running outside a task (every backend in-process).
         self.eager = all(getattr(b, "eager_safe", True) for b in (store, broker, presence))
         s = self.settings
@@ -1134,6 +1137,10 @@ class Hub:
             state = self.table.get(topic)
             if state is not None:
                 self.table.received(topic, offset, Frame(state.key.frame_data(body, offset)))
+            return
+        handler = self.topic_handlers.get(topic)
+        if handler is not None:
+            handler(body)
             return
         key = parse_topic(topic)  # an ephemeral channel event (presence)
         if key is not None and key.is_channel:

@@ -23,7 +23,7 @@ from fastapi.responses import (
     Response,
 )
 from starlette.exceptions import HTTPException
-from starlette.routing import Mount, WebSocketRoute
+from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
@@ -33,6 +33,7 @@ from ..config import Settings
 from ..core.hub import Hub
 from ..errors import BackendUnavailable, InvalidMessage, MessageTooLarge
 from ..factory import create_hub
+from ..transport.sse import SSEApp
 from .api import build_api_router
 from .limits import ApiLimits, content_security_policy, page_headers
 from .metrics import metrics_access, metrics_response
@@ -86,6 +87,11 @@ def create_app(settings: Settings | None = None, *, hub: Hub | None = None) -> F
     )
     app.include_router(build_api_router(hub))
     app.router.routes.append(WebSocketRoute(hub.settings.path, WebSocketApp(hub)))
+    # Where WebSockets are blocked: the event stream and its POSTs (wshub.transport.sse).
+    sse = SSEApp(hub)
+    sse_path = f"{hub.settings.path.rstrip('/')}/sse"
+    app.router.routes.append(Route(sse_path, sse, methods=["GET", "OPTIONS"]))
+    app.router.routes.append(Route(sse_path + "/{connection_id}", sse, methods=["POST", "OPTIONS"]))
     # Any other WebSocket path: 404 naming the hub's (ASGI would answer 403, read as origins).
     app.router.routes.append(WebSocketRoute("/{path:path}", _no_endpoint(hub.settings.path)))
 

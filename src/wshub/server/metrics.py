@@ -17,6 +17,7 @@ from pydantic import SecretStr
 
 from ..core.hub import Hub
 from ..core.stats import HANDLER_BUCKETS
+from ..transport.sse import sse_stats
 from .limits import bearer_matches
 
 __all__ = ["metrics_access", "metrics_response"]
@@ -50,6 +51,7 @@ class _HubCollector:
         for name, (doc, value) in gauges.items():
             yield GaugeMetricFamily(f"wshub_{name}", doc, value=value)
         stats = hub.stats
+        yield from _by_transport(hub)
         for name, doc in _COUNTERS.items():
             yield CounterMetricFamily(f"wshub_{name}", doc, value=getattr(stats, name))
         by_in = CounterMetricFamily(
@@ -77,6 +79,25 @@ class _HubCollector:
             buckets=buckets,
             sum_value=stats.handler_seconds,
         )
+
+
+def _by_transport(hub: Hub) -> Iterator[Metric]:
+    """Connections by transport: ``websocket``, or ``sse`` (the HTTP fallback's streams)."""
+    sse_open, sse_opened = sse_stats(hub)
+    open_ = GaugeMetricFamily(
+        "wshub_connections_by_transport", "Open connections by transport", labels=["transport"]
+    )
+    open_.add_metric(["websocket"], len(hub.sessions) - sse_open)
+    open_.add_metric(["sse"], sse_open)
+    yield open_
+    opened = CounterMetricFamily(
+        "wshub_connections_opened_by_transport",
+        "Connections accepted by transport",
+        labels=["transport"],
+    )
+    opened.add_metric(["websocket"], hub.stats.connections_opened - sse_opened)
+    opened.add_metric(["sse"], sse_opened)
+    yield opened
 
 
 def metrics_response(hub: Hub) -> tuple[bytes, str]:
