@@ -1,0 +1,1 @@
+"""Developer tools of the wshub repository; not part of the installed package."""
