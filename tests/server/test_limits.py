@@ -107,6 +107,18 @@ async def test_require_auth_closes_unauthenticated_connections_after_the_timeout
             assert (await ann.request("ping"))["type"] == "pong"
 
 
+async def test_require_auth_lets_a_connection_authenticate_with_the_message(
+    server_factory: ServerFactory,
+) -> None:
+    """Browsers cannot set headers: the ``authenticate`` message is how they sign in, and it
+    used to be refused with "Authenticate before sending 'authenticate'"."""
+    async with server_factory(require_auth=True) as server, server.connect() as client:
+        await client.expect("welcome")
+        reply = await client.request("authenticate", {"token": server.token("ann")})
+        assert reply["type"] == "authenticated"
+        assert (await client.request("subscribe", {"channel": "news"}))["type"] == "subscribed"
+
+
 @pytest.mark.parametrize(
     ("origin", "allowed"),
     [("https://app.example", True), ("https://evil.example", False), (None, False)],

@@ -297,7 +297,8 @@ class Session:
                 raise UnknownType(type_)
             stats.in_by_type[type_] += 1
             if self.principal is None and (
-                route.requires_auth or (hub.settings.require_auth and type_ != "ping")
+                route.requires_auth
+                or (hub.settings.require_auth and type_ not in ("ping", "authenticate"))
             ):
                 raise NotAuthenticated(f"Authenticate before sending {type_!r}")
             validated = route.validate(payload)
