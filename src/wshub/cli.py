@@ -94,6 +94,32 @@ def _cmd_asyncapi(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_codegen(args: argparse.Namespace) -> int:
+    """Write the TypeScript types of the protocol (with --app, the application's types too)."""
+    import importlib
+
+    from .codegen import typescript
+    from .core.hub import Hub
+    from .factory import create_hub
+
+    if args.app:
+        module_name, _, attr = args.app.partition(":")
+        sys.path.insert(0, os.getcwd())
+        hub = getattr(importlib.import_module(module_name), attr or "hub")
+        if not isinstance(hub, Hub):
+            print(f"wshub codegen: {args.app} is not a wshub Hub", file=sys.stderr)
+            return 2
+    else:
+        hub = create_hub(store_url="memory://", broker_url="memory://", authenticator=None)
+    source = typescript(hub)
+    if args.output in (None, "-"):
+        sys.stdout.write(source)
+    else:
+        with open(args.output, "w", encoding="utf-8", newline="\n") as file:
+            file.write(source)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wshub", description="Real-time messaging hub")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -115,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     asyncapi = sub.add_parser("asyncapi", help="print the AsyncAPI 3 document of the protocol")
     asyncapi.add_argument("--app", help="module:attribute of your hub (default: built-in types)")
     asyncapi.set_defaults(func=_cmd_asyncapi)
+
+    codegen = sub.add_parser("codegen", help="write the protocol's message types for a client")
+    codegen.add_argument("language", choices=["ts"], help="ts: TypeScript")
+    codegen.add_argument("--app", help="module:attribute of your hub (default: built-in types)")
+    codegen.add_argument("-o", "--output", help="file to write (default: standard output)")
+    codegen.set_defaults(func=_cmd_codegen)
 
     from .client import cli as client_cli
 

@@ -1,7 +1,10 @@
+// Built from clients/js/src/index.ts (@wshub/client) by `npm run build` in clients/js:
+// do not edit here; edit the TypeScript source and run `npm run build:static`.
 /**
- * wshub browser client: one ES module, no dependencies, no build step.
+ * wshub client: one ES module, no dependencies. The same code is the npm package
+ * `@wshub/client` (typed) and the standalone server's `/wshub.js` (built from it).
  *
- *     import { WshubClient } from "/wshub.js";
+ *     import { WshubClient } from "/wshub.js";          // or from "@wshub/client"
  *
  *     const client = new WshubClient("/ws", { token: () => fetchMyToken() });
  *     client.on("chat", (payload) => console.log(payload.from, payload.message));
@@ -9,1272 +12,1210 @@
  *     await client.connect();
  *     const offset = await client.publish("news", { hello: "world" });
  *
- * Speaks wshub protocol v1 (docs/protocol.md). After an unexpected close the client reconnects
- * with exponential backoff and full jitter, authenticates again and re-subscribes with `since`
- * and `epoch`, so every channel and the user's own stream continue where they stopped: each
- * message reaches the application once, in order (duplicates at the seam are dropped). While
- * open, an application-level heartbeat (`ping` after a silence, see `heartbeat`) finds connections
- * that died without a close (sleep, Wi-Fi loss, a proxy dropping them) and reconnects. A live
- * stream whose offsets jump is resumed on the same connection and delivered in order; a token
- * function renews the connection's token on `token_expiring` (protocol 1.1). See
- * docs/browser.md for the whole API.
+ * In TypeScript, `new WshubClient<ServerMessages, ClientMessages>(...)` with the maps that
+ * `wshub codegen ts --app module:hub` wrote types the application's own messages too.
+ *
+ * Speaks wshub protocol v1 (+ 1.1's token refresh). After an unexpected close the client
+ * reconnects with exponential backoff and full jitter, authenticates again and re-subscribes with
+ * `since` and `epoch`, so every channel and the user's own stream continue where they stopped:
+ * each message reaches the application once, in order (duplicates at the seam are dropped).
+ * While open, an application-level heartbeat (`ping` after a silence) finds connections that died
+ * without a close. A live stream whose offsets jump is resumed on the same connection and
+ * delivered in order; a token function renews the connection's token on `token_expiring`.
+ * See docs/browser.md for the whole API.
  */
-
 export const PROTOCOL_VERSION = 1;
-
 /** Close codes after which reconnecting would only repeat the failure: a policy violation
  * (authentication missing in time, rate-limit abuse) and protocol errors on either side. */
 export const NO_RECONNECT_CODES = Object.freeze([1002, 1003, 1007, 1008, 1010]);
-
 /** The server closed the connection because its token expired (protocol 1.1): the client
  * reconnects, asking a callable `token` for a fresh one, and resumes every stream. */
 export const TOKEN_EXPIRED_CLOSE_CODE = 4001;
-
 /** The server disconnected the user on purpose (`POST /api/users/{id}/disconnect`, a
  * revocation): no reconnect unless the policy says `reconnectOnDisconnect: true`. */
 export const DISCONNECTED_CLOSE_CODE = 4002;
-
 export const DEFAULT_RECONNECT = Object.freeze({
-  minDelay: 500,
-  maxDelay: 30000,
-  maxAttempts: Infinity,
-  reconnectOnDisconnect: false,
+    minDelay: 500,
+    maxDelay: 30000,
+    maxAttempts: Infinity,
+    reconnectOnDisconnect: false,
 });
-
 // setTimeout fires at once for delays above 2 ** 31 - 1 ms (about 24.8 days).
 const MAX_TIMER_DELAY = 2 ** 31 - 1;
-
 /** The server's heartbeat interval when its `welcome` does not say (the protocol's default). */
 export const DEFAULT_HEARTBEAT_INTERVAL = 30000;
-
 /** The shortest timeout derived for a heartbeat ping: one round trip on a slow mobile link. */
 export const MIN_HEARTBEAT_TIMEOUT = 2000;
-
 /** The close code the client uses (and reports in `close`/`reconnecting`, reason
- * "heartbeat timeout") when a heartbeat ping went unanswered: 4000 is in the range RFC 6455
- * leaves to applications, and `shouldReconnect(4000)` is true. */
+ * "heartbeat timeout") when a heartbeat ping went unanswered. */
 export const HEARTBEAT_CLOSE_CODE = 4000;
-
 /**
  * The heartbeat's timing, `{interval, timeout}` in ms, for the `heartbeat` option (false: none;
  * throws RangeError for nonsense) with a server whose `welcome` said `heartbeatInterval`.
- * `interval` defaults to the server's heartbeat interval: the server pings at that pace itself,
- * so a client pinging no faster adds little traffic, and both ends notice a dead connection in
- * similar time. `timeout` defaults to half the interval, at least MIN_HEARTBEAT_TIMEOUT: the
- * server answers `ping` at once, so this only has to cover a round trip. A connection that died
- * is found at most `interval + timeout` after its last frame (45 s with the default 30 s).
  */
 export function heartbeatTiming(option = true, heartbeatInterval = DEFAULT_HEARTBEAT_INTERVAL) {
-  const given = normalizeHeartbeat(option);
-  if (given === false) return false;
-  const server =
-    Number.isFinite(heartbeatInterval) && heartbeatInterval > 0
-      ? Math.min(heartbeatInterval, MAX_TIMER_DELAY)
-      : DEFAULT_HEARTBEAT_INTERVAL;
-  const interval = given.interval ?? server;
-  const timeout = given.timeout ?? Math.max(interval / 2, MIN_HEARTBEAT_TIMEOUT);
-  return { interval, timeout };
+    const given = normalizeHeartbeat(option);
+    if (given === false)
+        return false;
+    const server = typeof heartbeatInterval === "number" && Number.isFinite(heartbeatInterval) && heartbeatInterval > 0
+        ? Math.min(heartbeatInterval, MAX_TIMER_DELAY)
+        : DEFAULT_HEARTBEAT_INTERVAL;
+    const interval = given.interval ?? server;
+    const timeout = given.timeout ?? Math.max(interval / 2, MIN_HEARTBEAT_TIMEOUT);
+    return { interval, timeout };
 }
-
 /**
  * Milliseconds to wait before reconnect attempt `attempt` (0 for the first retry): uniformly
- * random between `minDelay` and `min(maxDelay, minDelay * 2 ** (attempt + 1))`, so clients
- * dropped together (a server restart) spread out instead of arriving at once. `random` returns a
- * number in [0, 1).
+ * random between `minDelay` and `min(maxDelay, minDelay * 2 ** (attempt + 1))` (full jitter).
  */
 export function backoffDelay(attempt, options = {}, random = Math.random) {
-  const { minDelay, maxDelay } = { ...DEFAULT_RECONNECT, ...options };
-  // Cap the exponent: 2 ** 1100 is Infinity, and Infinity * 0 would be NaN.
-  const ceiling = Math.min(maxDelay, minDelay * 2 ** Math.min(attempt + 1, 64));
-  return minDelay + random() * (ceiling - minDelay);
+    const { minDelay, maxDelay } = { ...DEFAULT_RECONNECT, ...options };
+    // Cap the exponent: 2 ** 1100 is Infinity, and Infinity * 0 would be NaN.
+    const ceiling = Math.min(maxDelay, minDelay * 2 ** Math.min(attempt + 1, 64));
+    return minDelay + random() * (ceiling - minDelay);
 }
-
 /** Whether a close with `code`, not asked for by the application, warrants reconnecting
  * under `policy` (4002 only with `policy.reconnectOnDisconnect`). */
 export function shouldReconnect(code, policy = DEFAULT_RECONNECT) {
-  if (code === DISCONNECTED_CLOSE_CODE) return policy?.reconnectOnDisconnect === true;
-  return !NO_RECONNECT_CODES.includes(code);
+    if (code === DISCONNECTED_CLOSE_CODE)
+        return policy?.reconnectOnDisconnect === true;
+    return !NO_RECONNECT_CODES.includes(code);
 }
-
+function pageHref() {
+    return globalThis.location?.href;
+}
 /** The hub's WebSocket URL on the page's own host: `ws(s)://HOST/ws`. */
-export function defaultUrl(path = "/ws", base = globalThis.location?.href) {
-  return resolveUrl(path, base);
+export function defaultUrl(path = "/ws", base = pageHref()) {
+    return resolveUrl(path, base);
 }
-
 /** An absolute ws:// or wss:// URL from `url`, which may be relative or http(s). */
-export function resolveUrl(url, base = globalThis.location?.href) {
-  const resolved = new URL(url, base);
-  if (resolved.protocol === "http:") resolved.protocol = "ws:";
-  else if (resolved.protocol === "https:") resolved.protocol = "wss:";
-  return resolved.href;
+export function resolveUrl(url, base = pageHref()) {
+    const resolved = new URL(url, base);
+    if (resolved.protocol === "http:")
+        resolved.protocol = "ws:";
+    else if (resolved.protocol === "https:")
+        resolved.protocol = "wss:";
+    return resolved.href;
 }
-
 /**
  * A failed request or connection. `code` is the server's error code (`invalid_message`,
  * `forbidden`, `rate_limited`, ...) or one of the client's own: `timeout`, `not_connected`,
  * `connection_lost`, `closed`, `invalid_url`, `token_error`, `unsubscribed`.
  */
 export class WshubError extends Error {
-  constructor(code, message, { id = null, frame = null, closeCode = null } = {}) {
-    super(message);
-    this.name = "WshubError";
-    this.code = code;
-    this.id = id;
-    this.frame = frame;
-    this.closeCode = closeCode;
-  }
+    code;
+    id;
+    frame;
+    closeCode;
+    constructor(code, message, { id = null, frame = null, closeCode = null } = {}) {
+        super(message);
+        this.name = "WshubError";
+        this.code = code;
+        this.id = id;
+        this.frame = frame;
+        this.closeCode = closeCode;
+    }
 }
-
 /**
- * Where the application stands in one stream (a channel, or the user's own stream).
- *
- * It remembers the stream's `epoch`, the highest offset handed to the application (`delivered`)
- * and the head the server reported on a join without `since` (`head`), and resumes from
- * `max(delivered, head)`. After a fresh join nothing before `head` is owed to this client; for
- * the user stream the server itself replays, right after `authenticated`, what no connection has
- * been handed yet: older than `head`, newer than `delivered`, so accepted.
+ * Where the application stands in one stream (a channel, or the user's own stream): the
+ * stream's `epoch`, the highest offset handed to the application (`delivered`) and the head the
+ * server reported on a join without `since` (`head`); resumes from `max(delivered, head)`.
  *
  * Contract: call `joined()` with each `subscribed`/`authenticated` reply before any message that
  * follows it; call `accept()` with each message's offset in arrival order and hand the message on
  * only when it returns true. `since`/`epoch` are what the next join carries.
  */
 export class StreamState {
-  constructor(since = null, epoch = null) {
-    this.epoch = epoch;
-    this.delivered = since ?? 0;
-    this.head = since ?? 0;
-    this.known = since !== null;
-    // The last join said `recovered: false`: the next message starts the numbering over (the
-    // first one kept after a trimmed gap); it is no jump.
-    this.loose = false;
-  }
-
-  /** The offset to resume after, or null to join fresh. */
-  get since() {
-    return this.known ? Math.max(this.delivered, this.head) : null;
-  }
-
-  /** Apply a join reply (`offset`, `epoch`, `recovered` as the server sent them) to a join that
-   * carried `since`/`sinceEpoch` (null: a fresh join). Returns true when a gap was not closed. */
-  joined(offset, epoch, recovered, since, sinceEpoch) {
-    if (since === null) {
-      if (epoch !== this.epoch) this.delivered = 0;
-      this.head = offset;
-    } else if (sinceEpoch !== null && epoch !== sinceEpoch) {
-      // The server lost the stream and replays all it keeps of the new one: the old numbering
-      // means nothing any more.
-      this.delivered = 0;
-      this.head = 0;
-    } else if (since > offset) {
-      // The client is ahead of the stream: start again where the stream is, or every new message
-      // up to the old offset would look like a duplicate.
-      this.delivered = Math.min(this.delivered, offset);
-      this.head = Math.min(this.head, offset);
+    epoch;
+    delivered;
+    head;
+    known;
+    /** The last join said `recovered: false`: the next message starts the numbering over. */
+    loose;
+    constructor(since = null, epoch = null) {
+        this.epoch = epoch;
+        this.delivered = since ?? 0;
+        this.head = since ?? 0;
+        this.known = since !== null;
+        this.loose = false;
     }
-    this.epoch = epoch;
-    this.known = true;
-    this.loose = recovered === false;
-    return recovered === false;
-  }
-
-  /** Whether the message at `offset` was handed on already. */
-  isDuplicate(offset) {
-    return offset <= this.delivered;
-  }
-
-  /** Whether a new message at `offset` leaves a gap after `since`: something between was not
-   * received (after a fresh join of the user stream, the server's replay of undelivered
-   * messages is older than `head`: no jump either). */
-  jumps(offset) {
-    const since = this.since;
-    return since !== null && !this.loose && offset > since + 1;
-  }
-
-  /** True when the message at `offset` is new (and records it); false for a duplicate. */
-  accept(offset) {
-    if (offset <= this.delivered) return false;
-    this.delivered = offset;
-    this.loose = false;
-    return true;
-  }
+    /** The offset to resume after, or null to join fresh. */
+    get since() {
+        return this.known ? Math.max(this.delivered, this.head) : null;
+    }
+    /** Apply a join reply to a join that carried `since`/`sinceEpoch` (null: a fresh join).
+     * Returns true when a gap was not closed. */
+    joined(offset, epoch, recovered, since, sinceEpoch) {
+        if (since === null) {
+            if (epoch !== this.epoch)
+                this.delivered = 0;
+            this.head = offset;
+        }
+        else if (sinceEpoch !== null && epoch !== sinceEpoch) {
+            // The server lost the stream and replays all it keeps of the new one.
+            this.delivered = 0;
+            this.head = 0;
+        }
+        else if (since > offset) {
+            // The client is ahead of the stream: start again where the stream is.
+            this.delivered = Math.min(this.delivered, offset);
+            this.head = Math.min(this.head, offset);
+        }
+        this.epoch = epoch;
+        this.known = true;
+        this.loose = recovered === false;
+        return recovered === false;
+    }
+    /** Whether the message at `offset` was handed on already. */
+    isDuplicate(offset) {
+        return offset <= this.delivered;
+    }
+    /** Whether a new message at `offset` leaves a gap after `since`. */
+    jumps(offset) {
+        const since = this.since;
+        return since !== null && !this.loose && offset > since + 1;
+    }
+    /** True when the message at `offset` is new (and records it); false for a duplicate. */
+    accept(offset) {
+        if (offset <= this.delivered)
+            return false;
+        this.delivered = offset;
+        this.loose = false;
+        return true;
+    }
 }
-
 function deferred() {
-  let resolve;
-  let reject;
-  const promise = new Promise((res, rej) => {
-    resolve = res;
-    reject = rej;
-  });
-  // Nobody may be waiting on it (connect() called and its promise dropped): a rejection the
-  // application never asked about must not surface as "unhandled".
-  promise.catch(() => {});
-  return { promise, resolve, reject };
+    let resolve;
+    let reject;
+    const promise = new Promise((res, rej) => {
+        resolve = res;
+        reject = rej;
+    });
+    // Nobody may be waiting on it: a rejection the application never asked about must not
+    // surface as "unhandled".
+    promise.catch(() => { });
+    return { promise, resolve, reject };
 }
-
 function normalizeReconnect(option) {
-  if (option === false || option === null) return false;
-  if (option === true || option === undefined) return { ...DEFAULT_RECONNECT };
-  const policy = { ...DEFAULT_RECONNECT, ...option };
-  const { minDelay, maxDelay, maxAttempts } = policy;
-  if (!(minDelay >= 0 && maxDelay >= minDelay && maxAttempts >= 0)) {
-    throw new RangeError("reconnect needs 0 <= minDelay <= maxDelay and maxAttempts >= 0");
-  }
-  return policy;
+    if (option === false || option === null)
+        return false;
+    if (option === true || option === undefined)
+        return { ...DEFAULT_RECONNECT };
+    const policy = { ...DEFAULT_RECONNECT, ...option };
+    const { minDelay, maxDelay, maxAttempts } = policy;
+    if (!(minDelay >= 0 && maxDelay >= minDelay && maxAttempts >= 0)) {
+        throw new RangeError("reconnect needs 0 <= minDelay <= maxDelay and maxAttempts >= 0");
+    }
+    return policy;
 }
-
 function normalizeHeartbeat(option) {
-  if (option === false || option === null) return false;
-  if (option === true || option === undefined) return {};
-  const valid = (value) =>
-    value === undefined ||
-    value === null ||
-    (typeof value === "number" && value > 0 && value <= MAX_TIMER_DELAY);
-  if (!isObject(option) || !valid(option.interval) || !valid(option.timeout)) {
-    throw new RangeError(
-      "heartbeat needs false, or {interval, timeout} in ms: numbers > 0 and <= 2 ** 31 - 1",
-    );
-  }
-  const policy = {};
-  if (option.interval != null) policy.interval = option.interval;
-  if (option.timeout != null) policy.timeout = option.timeout;
-  return policy;
+    if (option === false || option === null)
+        return false;
+    if (option === true || option === undefined)
+        return {};
+    const valid = (value) => value === undefined ||
+        value === null ||
+        (typeof value === "number" && value > 0 && value <= MAX_TIMER_DELAY);
+    if (!isObject(option) || !valid(option.interval) || !valid(option.timeout)) {
+        throw new RangeError("heartbeat needs false, or {interval, timeout} in ms: numbers > 0 and <= 2 ** 31 - 1");
+    }
+    const policy = {};
+    if (option.interval != null)
+        policy.interval = option.interval;
+    if (option.timeout != null)
+        policy.timeout = option.timeout;
+    return policy;
 }
-
 function report(error) {
-  // An exception in an application callback must not break the client: report it like an
-  // uncaught error in an event listener.
-  if (typeof globalThis.reportError === "function") globalThis.reportError(error);
-  else console.error(error);
+    // An exception in an application callback must not break the client: report it like an
+    // uncaught error in an event listener.
+    const g = globalThis;
+    if (typeof g.reportError === "function")
+        g.reportError(error);
+    else
+        console.error(error);
 }
-
 const isObject = (value) => value !== null && typeof value === "object" && !Array.isArray(value);
-
+const messageOf = (error) => String(error?.message ?? error);
+const codeOf = (error) => error?.code;
 /**
- * A connection to a wshub server that survives drops.
+ * A connection to a wshub server that survives drops, typed by the message maps `S` (server →
+ * client) and `C` (client → server): by default the built-in protocol's; pass the maps that
+ * `wshub codegen ts --app module:hub` wrote to type the application's own messages too.
  *
  * Server messages: `on(type, handler)`; handlers get `(payload, envelope)`. Lifecycle: the client
- * is an EventTarget dispatching CustomEvents whose `detail` says what happened:
- *
- * - `statechange` {state, previous}: `idle`, `connecting`, `open`, `reconnecting`, `closing`,
- *   `closed`
- * - `open` {welcome, reconnected}: welcomed, authenticated and re-subscribed; requests flow
- * - `close` {code, reason, wasClean, willReconnect}: a connection ended
- * - `reconnecting` {attempt, delay, code, reason}: the next attempt starts in `delay` ms; after a
- *   heartbeat ping went unanswered, code is HEARTBEAT_CLOSE_CODE and reason "heartbeat timeout"
- * - `frame` {direction: "in" | "out", text, message, duplicate}: every text frame, raw
- * - `gap` {stream, name, since, sinceEpoch, offset, epoch, missing, lost}: a live stream
- *   skipped offsets (`lost` false: the client resumes it on the same connection, holding back
- *   what came after the gap, and delivers all in order), or a resume could not close a gap
- *   (`lost` true); `missing` is [first, last] of the offsets known missing, or null
- * - `tokenrefresh` {expiresAt, payload}: after `token_expiring`, the connection was
- *   authenticated again with a fresh token (`payload`: the `authenticated` reply)
- * - `error` {error}: a failure no promise reports (re-authentication or re-subscribe refused,
- *   a token refresh refused)
+ * is an EventTarget dispatching CustomEvents (`WshubEventMap`): `statechange`, `open`, `close`,
+ * `reconnecting`, `frame`, `gap`, `tokenrefresh`, `error`.
  */
 export class WshubClient extends EventTarget {
-  #url;
-  #token;
-  #getToken;
-  #reconnect;
-  #requestTimeout;
-  #openTimeout;
-  #heartbeat; // false, or {interval?, timeout?} as given (missing ones derived from `welcome`)
-  #WebSocket;
-
-  #ws = null;
-  #state = "idle";
-  #welcomed = false; // this socket got `welcome`
-  #sendable = false; // ...and the join (authenticate, subscribes) has been sent on it
-  #ready = false; // ...and answered: application requests may go
-  #closing = false;
-  #everOpened = false;
-  #attempt = 0;
-  #reconnectTimer = null;
-  #openTimer = null;
-  #lastClose = null;
-
-  // Heartbeat: a ping after `interval` ms without a frame; dead after `timeout` more without one.
-  #heartbeatTiming = null; // {interval, timeout} while it watches a socket
-  #heartbeatTimer = null;
-  #heartbeatWaiting = false; // a heartbeat ping is out and nothing has arrived since
-  #heartbeatPings = 0;
-  #heartbeatPrefix; // ids of the heartbeat's pings: their replies never reach the application
-  #lastReceived = 0; // performance.now() of the current socket's last frame (or its opening)
-
-  #ids = 0;
-  #idPrefix = Math.random().toString(16).slice(2, 8);
-  #pending = new Map(); // id -> {resolve, reject, hook}
-  #readyWaiters = [];
-  #connected = null; // deferred of connect()
-  #closeWaiters = [];
-
-  // channel -> {kind: "channel", channel, handlers, state, joined, payload, recovered, waiters,
-  // fill}; `fill` (also on #userStream): a gap on the live stream being filled, see #arrive.
-  #subs = new Map();
-  #user;
-  #userStream;
-  #userRecovered = null;
-  #handlers = new Map();
-
-  #welcome = null;
-  #connectionId = null;
-  #userId = null;
-
-  /**
-   * @param {string} [url] ws://, wss://, http(s):// or a path on this page's host; default `/ws`.
-   * @param {object} [options]
-   * @param {string|(() => (string|null|Promise<string|null>))} [options.token] authenticates
-   *   every connection (with an `authenticate` message after `welcome`, never in the URL). A
-   *   function is called for every (re)connection (after a close with 4001 too), when the
-   *   server says `token_expiring` (the connection is then authenticated again in place) and to
-   *   resume the user stream after a gap: e.g. to fetch a fresh JWT.
-   * @param {() => (string|null|Promise<string|null>)} [options.getToken] the same as a
-   *   function `token`.
-   * @param {{minDelay?: number, maxDelay?: number, maxAttempts?: number,
-   *   reconnectOnDisconnect?: boolean}|boolean} [options.reconnect] milliseconds; `false`: never
-   *   reconnect; `reconnectOnDisconnect`: reconnect after 4002 (disconnected by the server) too.
-   * @param {number} [options.requestTimeout] ms a request may take, waiting for a reconnection
-   *   included (default 10000).
-   * @param {number} [options.openTimeout] ms from opening the socket to being ready (10000).
-   * @param {{interval?: number, timeout?: number}|boolean} [options.heartbeat] ms: while open,
-   *   send `ping` after `interval` ms without any frame from the server, and reconnect when
-   *   nothing arrives within `timeout` ms after it. Defaults: interval = the server's
-   *   `heartbeatInterval` (welcome), timeout = half the interval, at least 2000. `false`: none.
-   * @param {{offset: number, epoch: string}} [options.userPosition] resume the user stream from
-   *   here (e.g. saved by a previous page's `client.userPosition`).
-   * @param {typeof WebSocket} [options.WebSocket] the WebSocket class (tests, other runtimes).
-   */
-  constructor(url = "/ws", options = {}) {
-    super();
-    const {
-      token = null,
-      getToken = null,
-      reconnect = true,
-      requestTimeout = 10000,
-      openTimeout = 10000,
-      heartbeat = true,
-      userPosition = null,
-      WebSocket: WebSocketClass = globalThis.WebSocket,
-    } = options;
-    this.#url = resolveUrl(url);
-    this.#token = typeof token === "function" ? null : token || null;
-    this.#getToken = typeof token === "function" ? token : getToken;
-    this.#reconnect = normalizeReconnect(reconnect);
-    this.#requestTimeout = requestTimeout;
-    this.#openTimeout = openTimeout;
-    this.#heartbeat = normalizeHeartbeat(heartbeat);
-    this.#heartbeatPrefix = `${this.#idPrefix}-hb-`;
-    this.#WebSocket = WebSocketClass;
-    this.#user = userPosition
-      ? new StreamState(userPosition.offset, userPosition.epoch ?? null)
-      : new StreamState();
-    this.#userStream = { kind: "user", state: this.#user, fill: null };
-  }
-
-  // -- state ---------------------------------------------------------------------------------
-
-  get url() {
-    return this.#url;
-  }
-
-  /** `idle`, `connecting`, `open`, `reconnecting`, `closing` or `closed`. */
-  get state() {
-    return this.#state;
-  }
-
-  /** Whether requests can go now (welcomed, authenticated, re-subscribed). */
-  get ready() {
-    return this.#ready;
-  }
-
-  /** The last `welcome` payload. */
-  get welcome() {
-    return this.#welcome;
-  }
-
-  get connectionId() {
-    return this.#connectionId;
-  }
-
-  /** The authenticated user, or null. */
-  get userId() {
-    return this.#userId;
-  }
-
-  /** {code, reason} of the last closed connection, or null. */
-  get lastClose() {
-    return this.#lastClose;
-  }
-
-  /** Where the user stream stands for this client, {offset, epoch}, or null before the first
-   * authentication. Save it to resume from a later page with the `userPosition` option. */
-  get userPosition() {
-    const since = this.#user.since;
-    return since === null || this.#user.epoch === null
-      ? null
-      : { offset: since, epoch: this.#user.epoch };
-  }
-
-  /** `recovered` of the last resume of the user stream (false: a gap could not be closed), or
-   * null before any resume. */
-  get userRecovered() {
-    return this.#userRecovered;
-  }
-
-  /** The channels this client keeps subscribed: [{channel, offset, epoch, joined, recovered}]. */
-  get subscriptions() {
-    return [...this.#subs.values()].map((sub) => ({
-      channel: sub.channel,
-      offset: sub.state.since,
-      epoch: sub.state.epoch,
-      joined: sub.joined,
-      recovered: sub.recovered,
-    }));
-  }
-
-  /** The reconnect policy ({minDelay, maxDelay, maxAttempts}) or false; assignable any time. */
-  get reconnect() {
-    return this.#reconnect === false ? false : { ...this.#reconnect };
-  }
-
-  set reconnect(option) {
-    this.#reconnect = normalizeReconnect(option);
-    if (this.#reconnect === false && this.#reconnectTimer !== null) {
-      clearTimeout(this.#reconnectTimer);
-      this.#reconnectTimer = null;
-      this.#finish(new WshubError("closed", "Reconnecting was switched off"));
-    }
-  }
-
-  /** The heartbeat in use, {interval, timeout} in ms, or false. Values not given as options are
-   * derived from the last `welcome` (before the first: from the protocol's default, 30000). */
-  get heartbeat() {
-    return heartbeatTiming(this.#heartbeat, this.#welcome?.heartbeatInterval);
-  }
-
-  // -- lifecycle -------------------------------------------------------------------------------
-
-  /**
-   * Open the connection. Resolves with the `welcome` payload once the connection is ready:
-   * welcomed, authenticated (with a token) and subscribed. A failing first attempt is retried
-   * like a dropped connection; the promise rejects when the client gives up, is closed, or the
-   * server refuses the token (`auth_failed`: the connection then stays open, unauthenticated).
-   * Calling it again while connecting or open returns the same promise; after close() it starts
-   * over, keeping the subscriptions and stream positions.
-   */
-  connect() {
-    if (this.#state === "closing") {
-      return new Promise((resolve) => this.#closeWaiters.push(resolve)).then(() => this.connect());
-    }
-    if (this.#state === "idle" || this.#state === "closed") {
-      this.#closing = false;
-      this.#attempt = 0;
-      this.#connected = deferred();
-      this.#open();
-    }
-    return this.#connected.promise;
-  }
-
-  /**
-   * Close with `code` (1000, or 3000-4999) and stop reconnecting. Resolves when closed. Requests
-   * in flight reject with `connection_lost`; subscriptions and positions are kept for a later
-   * connect().
-   */
-  close(code = 1000, reason = "") {
-    this.#closing = true;
-    this.#stopHeartbeat();
-    clearTimeout(this.#reconnectTimer);
-    this.#reconnectTimer = null;
-    const ws = this.#ws;
-    if (ws === null) {
-      if (this.#state !== "idle") this.#finish(new WshubError("closed", "Closed by the application"));
-      return Promise.resolve();
-    }
-    const closed = new Promise((resolve) => this.#closeWaiters.push(resolve));
-    this.#setState("closing");
-    ws.close(code, reason);
-    return closed;
-  }
-
-  // -- requests ------------------------------------------------------------------------------
-
-  /** Authenticate with `token`, which is also used for every reconnection from now on (replacing
-   * `getToken`). Resolves with the `authenticated` payload; rejects with `auth_failed`. */
-  authenticate(token) {
-    if (typeof token !== "string" || !token) {
-      return Promise.reject(new TypeError("authenticate(token) needs a non-empty string"));
-    }
-    if (this.#state === "idle" || this.#state === "closed") return this.#notConnected();
-    this.#token = token;
-    this.#getToken = null;
-    return this.#call(
-      "authenticate",
-      () => this.#authPayload(token),
-      () => this.#userHook(),
-    ).then((msg) => msg.payload);
-  }
-
-  /** Publish `data` (any JSON value) on `channel`; resolves with the publication's offset. By
-   * default the server wants an authenticated connection subscribed to the channel. */
-  publish(channel, data) {
-    return this.#call("publish", { channel, data: data === undefined ? null : data }).then(
-      (msg) => msg.payload.offset,
-    );
-  }
-
-  /** A direct message; resolves with the `chat_received` payload (`delivered`, `queued`...). */
-  chat(recipientId, message) {
-    return this.#call("chat", { recipientId, message }).then((msg) => msg.payload);
-  }
-
-  /** An application-level round trip; resolves with the `pong` payload plus `rtt` (ms). */
-  ping() {
-    const started = performance.now();
-    return this.#call("ping", null).then((msg) => ({
-      ...msg.payload,
-      rtt: performance.now() - started,
-    }));
-  }
-
-  /** The user ids online in a `presence-…` channel. */
-  presence(channel) {
-    return this.#call("presence", { channel }).then((msg) => msg.payload.users);
-  }
-
-  /** Send any message with a fresh `id`; resolves with the reply envelope ({type, payload, id}),
-   * rejects with a WshubError for an `error` reply. */
-  request(type, payload = null) {
-    return this.#call(type, payload);
-  }
-
-  /** Send a message without an `id` and without waiting for anything. Throws `not_connected`
-   * unless a connection is up. */
-  send(type, payload = null) {
-    const message = { type };
-    if (payload !== null) message.payload = payload;
-    this.sendRaw(JSON.stringify(message));
-  }
-
-  /** Send one text frame as it is (the server answers what it cannot parse with `error`). */
-  sendRaw(text) {
-    if (this.#ws === null || !this.#welcomed) {
-      throw new WshubError("not_connected", "Not connected");
-    }
-    this.#sendText(String(text));
-  }
-
-  // -- subscriptions and messages ------------------------------------------------------------
-
-  /**
-   * Subscribe to `channel` (kept across reconnects); `handler(payload, envelope)` gets each
-   * publication once, in order: payload is {channel, data, offset, timestamp, from}. Resolves
-   * with the `subscribed` payload; rejects if refused (`forbidden`...). May be called before
-   * connect(). Subscribing again adds another handler. With `since` (and `epoch`) the server
-   * first replays what was published after that offset.
-   */
-  subscribe(channel, handler = null, { since = null, epoch = null } = {}) {
-    if (typeof channel !== "string" || !channel) {
-      return Promise.reject(new TypeError("subscribe(channel) needs a non-empty string"));
-    }
-    let sub = this.#subs.get(channel);
-    if (sub === undefined) {
-      sub = {
-        kind: "channel",
-        fill: null,
-        channel,
-        handlers: new Set(),
-        state: new StreamState(since, epoch),
-        joined: false,
-        payload: null,
-        recovered: null,
-        waiters: [],
-      };
-      this.#subs.set(channel, sub);
-      if (this.#sendable) this.#join(sub);
-    }
-    if (handler) sub.handlers.add(handler);
-    if (sub.joined) return Promise.resolve(sub.payload);
-    return new Promise((resolve, reject) => sub.waiters.push({ resolve, reject }));
-  }
-
-  /** Remove `handler` from `channel`; without a handler, or when it was the last one, stop the
-   * subscription. Resolves with the `unsubscribed` payload (or {channel} when offline). */
-  unsubscribe(channel, handler = null) {
-    const sub = this.#subs.get(channel);
-    if (sub !== undefined) {
-      if (handler) sub.handlers.delete(handler);
-      if (handler && sub.handlers.size > 0) return Promise.resolve({ channel });
-      this.#subs.delete(channel);
-      const gone = new WshubError("unsubscribed", `Unsubscribed from ${channel}`);
-      for (const waiter of sub.waiters.splice(0)) waiter.reject(gone);
-    }
-    if (!this.#sendable) return Promise.resolve({ channel });
-    return this.#call("unsubscribe", { channel }).then((msg) => msg.payload);
-  }
-
-  /** Call `handler(payload, envelope)` for every server message of `type` that is not the reply
-   * to a request: `chat`, `notification`, `system_message`, `presence_join`, `message` (after the
-   * subscription's own handlers), `error` without a request, your own types; `"*"` for all.
-   * User-stream messages (envelope `offset`) come once, in order, across reconnects. Returns a
-   * function that removes the handler. */
-  on(type, handler) {
-    let handlers = this.#handlers.get(type);
-    if (handlers === undefined) {
-      handlers = new Set();
-      this.#handlers.set(type, handlers);
-    }
-    handlers.add(handler);
-    return () => this.off(type, handler);
-  }
-
-  off(type, handler) {
-    this.#handlers.get(type)?.delete(handler);
-  }
-
-  // -- internals: connecting -----------------------------------------------------------------
-
-  #open() {
-    this.#setState("connecting");
-    let ws;
-    try {
-      ws = new this.#WebSocket(this.#url);
-    } catch (error) {
-      this.#finish(new WshubError("invalid_url", `Cannot open ${this.#url}: ${error.message}`));
-      return;
-    }
-    this.#ws = ws;
-    this.#welcomed = this.#sendable = this.#ready = false;
-    this.#stopHeartbeat();
-    this.#lastReceived = performance.now();
-    ws.onmessage = (event) => {
-      if (this.#ws !== ws) return;
-      // Any frame shows the connection alive: the heartbeat pings only a silent one.
-      this.#lastReceived = performance.now();
-      if (this.#heartbeatWaiting) this.#heartbeatAnswered(ws);
-      this.#receive(event.data);
-    };
-    ws.onclose = (event) => {
-      if (this.#ws === ws) this.#onClose(event.code, event.reason, event.wasClean);
-    };
-    this.#openTimer = setTimeout(() => {
-      if (this.#ws !== ws || this.#ready) return;
-      // Give up on this socket at once rather than wait for a closing handshake that may never
-      // come; its own close event is ignored from now on.
-      this.#ws = null;
-      ws.close();
-      this.#onClose(1006, "open timeout", false);
-    }, this.#openTimeout);
-  }
-
-  async #onWelcome(ws) {
-    let token = null;
-    let problem = null;
-    try {
-      token = await this.#currentToken();
-    } catch (error) {
-      problem = new WshubError("token_error", `token function failed: ${error?.message ?? error}`);
-    }
-    if (this.#ws !== ws) return;
-    // Pipelined: the server handles a connection's messages in order, so the subscriptions
-    // (private and presence channels included) are checked after the authentication.
-    const joins = [];
-    if (token) {
-      const auth = this.#request("authenticate", this.#authPayload(token), this.#userHook());
-      joins.push(
-        auth.catch((error) => {
-          if (error.code !== "connection_lost") problem = error;
-        }),
-      );
-    }
-    for (const sub of this.#subs.values()) joins.push(this.#join(sub));
-    this.#sendable = true;
-    await Promise.all(joins);
-    if (this.#ws !== ws) return; // dropped meanwhile: the close has been handled
-    clearTimeout(this.#openTimer);
-    this.#ready = true;
-    this.#attempt = 0;
-    this.#startHeartbeat(ws);
-    this.#setState("open");
-    this.#emit("open", { welcome: this.#welcome, reconnected: this.#everOpened });
-    this.#everOpened = true;
-    for (const waiter of this.#readyWaiters.splice(0)) waiter.resolve();
-    if (problem !== null) {
-      this.#emit("error", { error: problem });
-      this.#connected?.reject(problem);
-    } else {
-      this.#connected?.resolve(this.#welcome);
-    }
-  }
-
-  /** Send `subscribe` for `sub` on the current connection, resuming from its position. */
-  #join(sub) {
-    const { since, epoch } = sub.state;
-    const payload = { channel: sub.channel };
-    if (since !== null) {
-      payload.since = since;
-      if (epoch !== null) payload.epoch = epoch;
-    }
-    const hook = (msg) => this.#channelJoined(sub, msg.payload, since, since === null ? null : epoch);
-    return this.#request("subscribe", payload, hook).then(
-      (msg) => {
-        if (this.#subs.get(sub.channel) !== sub) return;
-        for (const waiter of sub.waiters.splice(0)) waiter.resolve(msg.payload);
-      },
-      (error) => {
-        if (error.code === "connection_lost" || this.#subs.get(sub.channel) !== sub) return;
-        // Refused (a token without the claim, a changed policy): end this subscription only.
-        this.#subs.delete(sub.channel);
-        if (sub.waiters.length > 0) {
-          for (const waiter of sub.waiters.splice(0)) waiter.reject(error);
-        } else {
-          this.#emit("error", { error });
+    #url;
+    #token;
+    #getToken;
+    #reconnect;
+    #requestTimeout;
+    #openTimeout;
+    #heartbeat;
+    #WebSocket;
+    #ws = null;
+    #state = "idle";
+    #welcomed = false; // this socket got `welcome`
+    #sendable = false; // ...and the join (authenticate, subscribes) has been sent on it
+    #ready = false; // ...and answered: application requests may go
+    #closing = false;
+    #everOpened = false;
+    #attempt = 0;
+    #reconnectTimer = null;
+    #openTimer = undefined;
+    #lastClose = null;
+    // Heartbeat: a ping after `interval` ms without a frame; dead after `timeout` more without one.
+    #heartbeatTiming = null;
+    #heartbeatTimer = null;
+    #heartbeatWaiting = false;
+    #heartbeatPings = 0;
+    #heartbeatPrefix;
+    #lastReceived = 0;
+    #ids = 0;
+    #idPrefix = Math.random().toString(16).slice(2, 8);
+    #pending = new Map();
+    #readyWaiters = [];
+    #connected = null;
+    #closeWaiters = [];
+    #subs = new Map();
+    #user;
+    #userStream;
+    #userRecovered = null;
+    #handlers = new Map();
+    #welcome = null;
+    #connectionId = null;
+    #userId = null;
+    /**
+     * @param url ws://, wss://, http(s):// or a path on this page's host; default `/ws`.
+     */
+    constructor(url = "/ws", options = {}) {
+        super();
+        const { token = null, getToken = null, reconnect = true, requestTimeout = 10000, openTimeout = 10000, heartbeat = true, userPosition = null, WebSocket: WebSocketClass = globalThis.WebSocket, } = options;
+        if (typeof WebSocketClass !== "function") {
+            throw new TypeError("No WebSocket class: pass one as the WebSocket option (e.g. ws's)");
         }
-      },
-    );
-  }
-
-  #onClose(code, reason, wasClean) {
-    clearTimeout(this.#openTimer);
-    this.#stopHeartbeat();
-    const ws = this.#ws;
-    if (ws !== null) {
-      ws.onmessage = ws.onclose = null;
-      this.#ws = null;
+        this.#url = resolveUrl(url);
+        this.#token = typeof token === "function" ? null : token || null;
+        this.#getToken = typeof token === "function" ? token : getToken;
+        this.#reconnect = normalizeReconnect(reconnect);
+        this.#requestTimeout = requestTimeout;
+        this.#openTimeout = openTimeout;
+        this.#heartbeat = normalizeHeartbeat(heartbeat);
+        this.#heartbeatPrefix = `${this.#idPrefix}-hb-`;
+        this.#WebSocket = WebSocketClass;
+        this.#user = userPosition
+            ? new StreamState(userPosition.offset, userPosition.epoch ?? null)
+            : new StreamState();
+        this.#userStream = { kind: "user", state: this.#user, fill: null };
     }
-    this.#welcomed = this.#sendable = this.#ready = false;
-    this.#lastClose = { code, reason };
-    // Gaps being filled are dropped: the next connection resumes from the same offsets.
-    this.#userStream.fill = null;
-    for (const sub of this.#subs.values()) {
-      sub.joined = false;
-      sub.fill = null;
+    // -- state ---------------------------------------------------------------------------------
+    get url() {
+        return this.#url;
     }
-    const lost = new WshubError("connection_lost", `Connection closed (${code})`, {
-      closeCode: code,
-    });
-    for (const request of this.#pending.values()) request.reject(lost);
-    this.#pending.clear();
-
-    const policy = this.#reconnect;
-    let willReconnect = !this.#closing && policy !== false && shouldReconnect(code, policy);
-    if (willReconnect && this.#attempt >= policy.maxAttempts) willReconnect = false;
-    this.#emit("close", { code, reason, wasClean, willReconnect });
-    if (!willReconnect) {
-      const why = this.#closing
-        ? "Closed by the application"
-        : policy === false || !shouldReconnect(code, policy)
-          ? `Connection closed (${code}${reason ? ` ${reason}` : ""}), not reconnecting`
-          : `Gave up reconnecting after ${this.#attempt} attempt(s)`;
-      this.#finish(new WshubError("closed", why, { closeCode: code }));
-      return;
+    /** `idle`, `connecting`, `open`, `reconnecting`, `closing` or `closed`. */
+    get state() {
+        return this.#state;
     }
-    const delay = backoffDelay(this.#attempt, policy);
-    this.#attempt += 1;
-    this.#setState("reconnecting");
-    this.#emit("reconnecting", { attempt: this.#attempt, delay, code, reason });
-    this.#reconnectTimer = setTimeout(() => {
-      this.#reconnectTimer = null;
-      this.#open();
-    }, delay);
-  }
-
-  /** The client is closed for good (until connect() again): fail everyone still waiting. */
-  #finish(error) {
-    this.#stopHeartbeat();
-    this.#closing = false;
-    this.#setState("closed");
-    this.#connected?.reject(error);
-    for (const waiter of this.#readyWaiters.splice(0)) waiter.reject(error);
-    for (const sub of this.#subs.values()) {
-      for (const waiter of sub.waiters.splice(0)) waiter.reject(error);
+    /** Whether requests can go now (welcomed, authenticated, re-subscribed). */
+    get ready() {
+        return this.#ready;
     }
-    for (const resolve of this.#closeWaiters.splice(0)) resolve();
-  }
-
-  async #currentToken() {
-    if (typeof this.#getToken === "function") return (await this.#getToken()) || null;
-    return this.#token;
-  }
-
-  #authPayload(token) {
-    const payload = { token };
-    const { since, epoch } = this.#user;
-    if (since !== null) {
-      payload.since = since;
-      if (epoch !== null) payload.epoch = epoch;
+    /** The last `welcome` payload. */
+    get welcome() {
+        return this.#welcome;
     }
-    return payload;
-  }
-
-  /** The hook for the `authenticated` reply to the authentication being sent now. */
-  #userHook() {
-    const since = this.#user.since;
-    const sinceEpoch = since === null ? null : this.#user.epoch;
-    return (msg) => this.#userJoined(msg.payload, since, sinceEpoch);
-  }
-
-  #userJoined(payload, since, sinceEpoch) {
-    if (typeof payload.userId === "string") this.#userId = payload.userId;
-    const { offset, epoch } = payload;
-    if (typeof offset !== "number" || typeof epoch !== "string") return;
-    const recovered = typeof payload.recovered === "boolean" ? payload.recovered : null;
-    if (since !== null) this.#userRecovered = recovered;
-    if (this.#user.joined(offset, epoch, recovered, since, sinceEpoch)) {
-      const detail = { since, sinceEpoch, offset, epoch, missing: null, lost: true };
-      this.#emit("gap", { stream: "user", name: this.#userId, ...detail });
+    get connectionId() {
+        return this.#connectionId;
     }
-  }
-
-  #channelJoined(sub, payload, since, sinceEpoch) {
-    if (this.#subs.get(sub.channel) !== sub) return; // unsubscribed meanwhile
-    const { offset, epoch } = payload;
-    sub.joined = true;
-    sub.payload = payload;
-    if (typeof offset !== "number" || typeof epoch !== "string") return;
-    sub.recovered = typeof payload.recovered === "boolean" ? payload.recovered : null;
-    if (sub.state.joined(offset, epoch, sub.recovered, since, sinceEpoch)) {
-      const detail = { since, sinceEpoch, offset, epoch, missing: null, lost: true };
-      this.#emit("gap", { stream: "channel", name: sub.channel, ...detail });
+    /** The authenticated user, or null. */
+    get userId() {
+        return this.#userId;
     }
-  }
-
-  // -- internals: heartbeat ------------------------------------------------------------------
-
-  /** Watch the socket `ws`, ready now, until it closes. */
-  #startHeartbeat(ws) {
-    this.#stopHeartbeat();
-    const timing = this.heartbeat;
-    if (timing === false) return;
-    this.#heartbeatTiming = timing;
-    this.#heartbeatAfter(ws, timing.interval - (performance.now() - this.#lastReceived));
-  }
-
-  #stopHeartbeat() {
-    if (this.#heartbeatTimer !== null) {
-      clearTimeout(this.#heartbeatTimer);
-      this.#heartbeatTimer = null;
+    /** {code, reason} of the last closed connection, or null. */
+    get lastClose() {
+        return this.#lastClose;
     }
-    this.#heartbeatTiming = null;
-    this.#heartbeatWaiting = false;
-  }
-
-  #heartbeatAfter(ws, delay) {
-    clearTimeout(this.#heartbeatTimer);
-    this.#heartbeatTimer = setTimeout(() => this.#heartbeatTick(ws), Math.max(0, delay));
-  }
-
-  /** The first frame after a heartbeat ping: silence is counted from now again. Frames while no
-   * ping is out never touch the timer (a busy connection costs nothing): when it fires, it looks
-   * at the time of the last frame and waits the rest of the interval if need be. */
-  #heartbeatAnswered(ws) {
-    this.#heartbeatWaiting = false;
-    this.#heartbeatAfter(ws, this.#heartbeatTiming.interval);
-  }
-
-  #heartbeatTick(ws) {
-    this.#heartbeatTimer = null;
-    const timing = this.#heartbeatTiming;
-    if (this.#ws !== ws || !this.#ready || timing === null) return;
-    if (this.#heartbeatWaiting) {
-      this.#heartbeatExpired(ws);
-      return;
+    /** Where the user stream stands for this client, or null before the first authentication. */
+    get userPosition() {
+        const since = this.#user.since;
+        return since === null || this.#user.epoch === null
+            ? null
+            : { offset: since, epoch: this.#user.epoch };
     }
-    const silence = performance.now() - this.#lastReceived;
-    if (silence < timing.interval) {
-      this.#heartbeatAfter(ws, timing.interval - silence);
-      return;
+    /** `recovered` of the last resume of the user stream, or null before any resume. */
+    get userRecovered() {
+        return this.#userRecovered;
     }
-    // Not through #request: no pending entry that a drop would reject, no timeout error; the
-    // reply is recognised by its id and dropped in #handle, late ones included.
-    this.#heartbeatPings += 1;
-    const message = { type: "ping", id: `${this.#heartbeatPrefix}${this.#heartbeatPings}` };
-    this.#heartbeatWaiting = true;
-    // Armed before sending: a `frame` listener may close() the client, which must disarm it.
-    this.#heartbeatAfter(ws, timing.timeout);
-    this.#sendText(JSON.stringify(message), message);
-  }
-
-  /** Nothing came within `timeout` after a ping: the connection is dead (or as good as). Give
-   * up on the socket at once, as after an open timeout: a closing handshake through a dead
-   * connection would only end with the browser's own timeout. */
-  #heartbeatExpired(ws) {
-    this.#ws = null;
-    const reason = "heartbeat timeout";
-    try {
-      ws.close(HEARTBEAT_CLOSE_CODE, reason); // tells the server why, should it still listen
-    } catch (error) {
-      report(error);
+    /** The channels this client keeps subscribed. */
+    get subscriptions() {
+        return [...this.#subs.values()].map((sub) => ({
+            channel: sub.channel,
+            offset: sub.state.since,
+            epoch: sub.state.epoch,
+            joined: sub.joined,
+            recovered: sub.recovered,
+        }));
     }
-    this.#onClose(HEARTBEAT_CLOSE_CODE, reason, false);
-  }
-
-  // -- internals: requests -------------------------------------------------------------------
-
-  #notConnected() {
-    return Promise.reject(new WshubError("not_connected", "Not connected: call connect() first"));
-  }
-
-  /** A request from the application: wait for the connection to be ready, then send. The
-   * timeout covers both; a request whose time ran out while waiting is never sent. `payload` and
-   * `hookFactory` may be functions, evaluated at sending time. */
-  #call(type, payload, hookFactory = null) {
-    if (this.#state === "idle" || this.#state === "closed") return this.#notConnected();
-    return new Promise((resolve, reject) => {
-      let expired = false;
-      const timer = setTimeout(() => {
-        expired = true;
-        reject(new WshubError("timeout", `No reply to '${type}' within ${this.#requestTimeout} ms`));
-      }, this.#requestTimeout);
-      const send = () => {
-        if (expired) return undefined;
-        // Ready may have ended between the wake-up and now: a request not sent yet waits for
-        // the next connection rather than failing.
-        if (!this.#ready) return this.#waitReady().then(send);
-        const body = typeof payload === "function" ? payload() : payload;
-        return this.#request(type, body, hookFactory ? hookFactory() : null);
-      };
-      this.#waitReady()
-        .then(send)
-        .then(resolve, reject)
-        .finally(() => clearTimeout(timer));
-    });
-  }
-
-  #waitReady() {
-    if (this.#ready) return Promise.resolve();
-    if (this.#state === "idle" || this.#state === "closed") return this.#notConnected();
-    return new Promise((resolve, reject) => this.#readyWaiters.push({ resolve, reject }));
-  }
-
-  /** Send with a fresh `id` on the current connection; resolves with the reply envelope. `hook`
-   * runs when a non-error reply arrives, before any later frame is handled. */
-  #request(type, payload, hook = null) {
-    if (this.#ws === null || !this.#welcomed) {
-      return Promise.reject(new WshubError("connection_lost", "Not connected"));
+    /** The reconnect policy or false; assignable any time. */
+    get reconnect() {
+        return this.#reconnect === false ? false : { ...this.#reconnect };
     }
-    this.#ids += 1;
-    const id = `${this.#idPrefix}-${this.#ids}`;
-    const message = { type };
-    if (payload !== null) message.payload = payload;
-    message.id = id;
-    return new Promise((resolve, reject) => {
-      this.#pending.set(id, { resolve, reject, hook });
-      this.#sendText(JSON.stringify(message), message);
-    });
-  }
-
-  #sendText(text, message = undefined) {
-    this.#ws.send(text);
-    if (message === undefined) {
-      try {
-        message = JSON.parse(text);
-      } catch {
-        message = null;
-      }
+    set reconnect(option) {
+        this.#reconnect = normalizeReconnect(option);
+        if (this.#reconnect === false && this.#reconnectTimer !== null) {
+            clearTimeout(this.#reconnectTimer);
+            this.#reconnectTimer = null;
+            this.#finish(new WshubError("closed", "Reconnecting was switched off"));
+        }
     }
-    this.#emit("frame", { direction: "out", text, message, duplicate: false });
-  }
-
-  // -- internals: receiving ------------------------------------------------------------------
-
-  #receive(data) {
-    if (typeof data !== "string") {
-      // Not part of protocol v1; shown to `frame` listeners, otherwise ignored.
-      this.#emit("frame", { direction: "in", text: null, message: null, duplicate: false });
-      return;
+    /** The heartbeat in use, {interval, timeout} in ms, or false. */
+    get heartbeat() {
+        return heartbeatTiming(this.#heartbeat, this.#welcome?.heartbeatInterval);
     }
-    let message = null;
-    try {
-      message = JSON.parse(data);
-    } catch {
-      // not JSON: logged below, otherwise ignored
+    addEventListener(type, 
+    // eslint-disable-next-line @typescript-eslint/no-explicit-any
+    listener, options) {
+        super.addEventListener(type, listener, options);
     }
-    if (!isObject(message) || typeof message.type !== "string") {
-      this.#emit("frame", { direction: "in", text: data, message: null, duplicate: false });
-      return;
+    removeEventListener(type, 
+    // eslint-disable-next-line @typescript-eslint/no-explicit-any
+    listener, options) {
+        super.removeEventListener(type, listener, options);
     }
-    if (!isObject(message.payload)) message.payload = {};
-    const stream = this.#streamOf(message);
-    if (stream === null) {
-      this.#emit("frame", { direction: "in", text: data, message, duplicate: false });
-      this.#handle(message);
-      return;
+    // -- lifecycle -------------------------------------------------------------------------------
+    /**
+     * Open the connection. Resolves with the `welcome` payload once welcomed, authenticated (with
+     * a token) and subscribed. A failing first attempt is retried like a dropped connection; the
+     * promise rejects when the client gives up, is closed, or the server refuses the token.
+     */
+    connect() {
+        if (this.#state === "closing") {
+            return new Promise((resolve) => this.#closeWaiters.push(resolve)).then(() => this.connect());
+        }
+        if (this.#state === "idle" || this.#state === "closed") {
+            this.#closing = false;
+            this.#attempt = 0;
+            this.#connected = deferred();
+            this.#open();
+        }
+        return (this.#connected ??= deferred()).promise;
     }
-    const offset = message.type === "message" ? message.payload.offset : message.offset;
-    // Seen before (a resume's seam), or already held back behind a gap.
-    const duplicate = stream.state.isDuplicate(offset) || stream.fill?.held.has(offset) === true;
-    this.#emit("frame", { direction: "in", text: data, message, duplicate });
-    if (!duplicate) this.#arrive(stream, offset, message);
-  }
-
-  /** The stream a message belongs to (a subscription, or #userStream), or null. */
-  #streamOf(message) {
-    if (message.type === "message") {
-      const sub = this.#subs.get(message.payload.channel);
-      if (sub === undefined || !sub.state.known || typeof message.payload.offset !== "number") {
-        return null;
-      }
-      return sub;
+    /** Close with `code` (1000, or 3000-4999) and stop reconnecting. Resolves when closed. */
+    close(code = 1000, reason = "") {
+        this.#closing = true;
+        this.#stopHeartbeat();
+        if (this.#reconnectTimer !== null)
+            clearTimeout(this.#reconnectTimer);
+        this.#reconnectTimer = null;
+        const ws = this.#ws;
+        if (ws === null) {
+            if (this.#state !== "idle")
+                this.#finish(new WshubError("closed", "Closed by the application"));
+            return Promise.resolve();
+        }
+        const closed = new Promise((resolve) => this.#closeWaiters.push(resolve));
+        this.#setState("closing");
+        ws.close(code, reason);
+        return closed;
     }
-    return typeof message.offset === "number" ? this.#userStream : null;
-  }
-
-  #streamName(stream) {
-    return stream.kind === "user" ? this.#userId : stream.channel;
-  }
-
-  // -- internals: gaps on a live stream --------------------------------------------------------
-
-  /** A new stream message: handed on, or held back behind a gap. A message that jumps (offset 7
-   * after 5) starts a fill: the stream is resumed on this connection from the last offset
-   * without a gap (subscribe again with `since`; for the user stream, authenticate again with
-   * a fresh token and `since`), then a `ping` goes out; the replay comes right after the
-   * resume's reply, so when the `pong` is in, the fill is complete. Until then what came after
-   * the gap waits, and goes out in order as the replay fills the gap. */
-  #arrive(stream, offset, message) {
-    const { state } = stream;
-    if (stream.fill !== null) {
-      stream.fill.held.set(offset, message);
-      this.#handAll(this.#release(stream.fill, state, false).items);
-      return;
+    // -- requests ------------------------------------------------------------------------------
+    /** Authenticate with `token`, which is also used for every reconnection from now on. */
+    authenticate(token) {
+        if (typeof token !== "string" || !token) {
+            return Promise.reject(new TypeError("authenticate(token) needs a non-empty string"));
+        }
+        if (this.#state === "idle" || this.#state === "closed")
+            return this.#notConnected();
+        this.#token = token;
+        this.#getToken = null;
+        return this.#call("authenticate", () => this.#authPayload(token), () => this.#userHook()).then((msg) => msg.payload);
     }
-    const since = state.since;
-    if (since === null || !state.jumps(offset)) {
-      state.accept(offset);
-      this.#handle(message);
-      return;
+    /** Publish `data` (any JSON value) on `channel`; resolves with the publication's offset. */
+    publish(channel, data) {
+        return this.#call("publish", { channel, data: data === undefined ? null : data }).then((msg) => msg.payload.offset);
     }
-    const fill = { since, firstSeen: offset, held: new Map([[offset, message]]), lost: false };
-    stream.fill = fill;
-    const epoch = state.epoch;
-    this.#emit("gap", {
-      stream: stream.kind,
-      name: this.#streamName(stream),
-      since,
-      sinceEpoch: epoch,
-      offset,
-      epoch,
-      missing: [since + 1, offset - 1],
-      lost: false,
-    });
-    this.#fill(stream, fill, this.#ws);
-  }
-
-  /** What `fill` may hand on now, in order, recorded in `state`: what follows what was
-   * delivered without a gap; with `flush`, everything, with the ranges still missing. */
-  #release(fill, state, flush) {
-    const items = [];
-    const missing = [];
-    for (const offset of [...fill.held.keys()].sort((a, b) => a - b)) {
-      if (state.isDuplicate(offset)) {
-        fill.held.delete(offset);
-        continue;
-      }
-      const contiguous = state.loose || offset === state.delivered + 1;
-      if (!contiguous && !flush) break;
-      if (!contiguous) missing.push([state.delivered + 1, offset - 1]);
-      items.push(fill.held.get(offset));
-      fill.held.delete(offset);
-      state.accept(offset);
+    /** A direct message; resolves with the `chat_received` payload (`delivered`, `queued`...). */
+    chat(recipientId, message) {
+        return this.#call("chat", { recipientId, message }).then((msg) => msg.payload);
     }
-    return { items, missing };
-  }
-
-  #handAll(messages) {
-    for (const message of messages) this.#handle(message);
-  }
-
-  async #fill(stream, fill, ws) {
-    const { state } = stream;
-    const sinceEpoch = state.epoch;
-    let timer = null;
-    const expired = new Promise((_, reject) => {
-      timer = setTimeout(
-        () => reject(new WshubError("timeout", "No replay to fill a gap in time")),
-        this.#requestTimeout,
-      );
-    });
-    expired.catch(() => {});
-    const current = () => this.#ws === ws && stream.fill === fill;
-    try {
-      let payload;
-      if (stream.kind === "user") {
-        const token = await Promise.race([this.#currentToken(), expired]);
-        if (!current()) return;
-        if (!token) throw new WshubError("token_error", "No token to resume the user stream");
-        payload = { token, since: fill.since };
-      } else {
-        payload = { channel: stream.channel, since: fill.since };
-      }
-      if (sinceEpoch !== null) payload.epoch = sinceEpoch;
-      const type = stream.kind === "user" ? "authenticate" : "subscribe";
-      const hook = (msg) => this.#refilled(stream, fill, msg.payload, sinceEpoch);
-      await Promise.race([this.#request(type, payload, hook), expired]);
-      if (!current()) return;
-      await Promise.race([this.#request("ping", null, () => this.#fillDone(stream, fill, false)), expired]);
-    } catch (error) {
-      if (error?.code === "connection_lost" || !current()) return;
-      this.#fillDone(stream, fill, true); // refused or too slow: hand on what is held
-      this.#emit("error", { error });
-    } finally {
-      clearTimeout(timer);
+    /** An application-level round trip; resolves with the `pong` payload plus `rtt` (ms). */
+    ping() {
+        const started = performance.now();
+        return this.#call("ping", null).then((msg) => ({
+            ...msg.payload,
+            rtt: performance.now() - started,
+        }));
     }
-  }
-
-  /** The reply to a fill's resume (`subscribed`/`authenticated`), before the replay. */
-  #refilled(stream, fill, payload, sinceEpoch) {
-    if (stream.fill !== fill) return;
-    const { state } = stream;
-    if (stream.kind === "user" && typeof payload.userId === "string") this.#userId = payload.userId;
-    const { offset, epoch } = payload;
-    if (typeof offset === "number" && typeof epoch === "string") {
-      const recovered = typeof payload.recovered === "boolean" ? payload.recovered : null;
-      if (stream.kind === "user") this.#userRecovered = recovered;
-      else stream.recovered = recovered;
-      const before = state.epoch;
-      if (state.joined(offset, epoch, recovered, fill.since, sinceEpoch)) {
-        if (epoch !== before) fill.held.clear(); // the old numbering: the replay brings the new
-        fill.lost = true;
-        this.#emit("gap", {
-          stream: stream.kind,
-          name: this.#streamName(stream),
-          since: fill.since,
-          sinceEpoch,
-          offset,
-          epoch,
-          missing: [fill.since + 1, fill.firstSeen - 1],
-          lost: true,
-        });
-      }
+    /** The user ids online in a `presence-…` channel. */
+    presence(channel) {
+        return this.#call("presence", { channel }).then((msg) => msg.payload.users);
     }
-    // With `recovered: false` the replay starts after a trimmed part, maybe before what is
-    // held: its first message sets the numbering, and what is held goes after it.
-    if (!state.loose) this.#handAll(this.#release(fill, state, false).items);
-  }
-
-  /** The fill is over (its `pong` is in; `failed`: the resume was refused or timed out): hand
-   * on everything held, in order, and tell of what is still missing. */
-  #fillDone(stream, fill, failed) {
-    if (stream.fill !== fill) return;
-    stream.fill = null;
-    const { state } = stream;
-    const since = state.delivered;
-    const { items, missing } = this.#release(fill, state, true);
-    if (failed && missing.length === 0 && !fill.lost) {
-      missing.push([fill.since + 1, fill.firstSeen - 1]);
+    /** Send a message of the map `C` with a fresh `id`; resolves with the reply envelope, rejects
+     * with a WshubError for an `error` reply. */
+    request(type, payload) {
+        return this.#call(type, payload ?? null);
     }
-    if (missing.length > 0 && !fill.lost) {
-      this.#emit("gap", {
-        stream: stream.kind,
-        name: this.#streamName(stream),
-        since,
-        sinceEpoch: state.epoch,
-        offset: state.delivered,
-        epoch: state.epoch,
-        missing: [missing[0][0], missing[missing.length - 1][1]],
-        lost: true,
-      });
+    /** Send a message without an `id` and without waiting. Throws `not_connected` unless a
+     * connection is up. */
+    send(type, payload) {
+        const message = { type };
+        if (payload != null)
+            message.payload = payload;
+        this.sendRaw(JSON.stringify(message));
     }
-    if (fill.lost || missing.length > 0) {
-      if (stream.kind === "user") this.#userRecovered = false;
-      else stream.recovered = false;
+    /** Send one text frame as it is (the server answers what it cannot parse with `error`). */
+    sendRaw(text) {
+        if (this.#ws === null || !this.#welcomed) {
+            throw new WshubError("not_connected", "Not connected");
+        }
+        this.#sendText(String(text));
     }
-    this.#handAll(items);
-  }
-
-  // -- internals: the token --------------------------------------------------------------------
-
-  /** `token_expiring`: authenticate again on this connection with a fresh token (the reply says
-   * `refreshed: true`; streams and subscriptions go on). Without a token function there is
-   * nothing fresher to send: the server will close with 4001. */
-  async #refreshToken(ws, expiresAt) {
-    if (typeof this.#getToken !== "function") return;
-    let token;
-    try {
-      token = await this.#currentToken();
-    } catch (error) {
-      const message = `token function failed: ${error?.message ?? error}`;
-      this.#emit("error", { error: new WshubError("token_error", message) });
-      return;
+    // -- subscriptions and messages ------------------------------------------------------------
+    /**
+     * Subscribe to `channel` (kept across reconnects); `handler(payload, envelope)` gets each
+     * publication once, in order. Resolves with the `subscribed` payload; rejects if refused.
+     * May be called before connect(). With `since` (and `epoch`) the server first replays what
+     * was published after that offset.
+     */
+    subscribe(channel, handler = null, { since = null, epoch = null } = {}) {
+        if (typeof channel !== "string" || !channel) {
+            return Promise.reject(new TypeError("subscribe(channel) needs a non-empty string"));
+        }
+        let sub = this.#subs.get(channel);
+        if (sub === undefined) {
+            sub = {
+                kind: "channel",
+                fill: null,
+                channel,
+                handlers: new Set(),
+                state: new StreamState(since, epoch),
+                joined: false,
+                payload: null,
+                recovered: null,
+                waiters: [],
+            };
+            this.#subs.set(channel, sub);
+            if (this.#sendable)
+                void this.#join(sub);
+        }
+        if (handler)
+            sub.handlers.add(handler);
+        if (sub.joined && sub.payload !== null)
+            return Promise.resolve(sub.payload);
+        const waiting = sub;
+        return new Promise((resolve, reject) => waiting.waiters.push({ resolve, reject }));
     }
-    if (this.#ws !== ws || !token) return;
-    try {
-      const reply = await this.#request("authenticate", { token }, (msg) => {
-        if (typeof msg.payload.userId === "string") this.#userId = msg.payload.userId;
-      });
-      this.#emit("tokenrefresh", { expiresAt, payload: reply.payload });
-    } catch (error) {
-      if (error.code !== "connection_lost") this.#emit("error", { error });
+    /** Remove `handler` from `channel`; without a handler, or when it was the last one, stop the
+     * subscription. Resolves with the `unsubscribed` payload (or {channel} when offline). */
+    unsubscribe(channel, handler = null) {
+        const sub = this.#subs.get(channel);
+        if (sub !== undefined) {
+            if (handler)
+                sub.handlers.delete(handler);
+            if (handler && sub.handlers.size > 0)
+                return Promise.resolve({ channel });
+            this.#subs.delete(channel);
+            const gone = new WshubError("unsubscribed", `Unsubscribed from ${channel}`);
+            for (const waiter of sub.waiters.splice(0))
+                waiter.reject(gone);
+        }
+        if (!this.#sendable)
+            return Promise.resolve({ channel });
+        return this.#call("unsubscribe", { channel }).then((msg) => msg.payload);
     }
-  }
-
-  #handle(message) {
-    const { type, payload, id } = message;
-    // The reply to a heartbeat ping (`pong`, or `error` such as `rate_limited`): counted as a
-    // sign of life on arrival, of no concern to the application.
-    if (typeof id === "string" && id.startsWith(this.#heartbeatPrefix)) return;
-    const request = typeof id === "string" ? this.#pending.get(id) : undefined;
-    if (request !== undefined) {
-      this.#pending.delete(id);
-      if (type === "error") {
-        const text = payload.message ?? "Request failed";
-        request.reject(new WshubError(payload.code ?? "error", text, { id, frame: message }));
-        return;
-      }
-      if (request.hook !== null) {
+    // eslint-disable-next-line @typescript-eslint/no-explicit-any
+    on(type, handler) {
+        let handlers = this.#handlers.get(type);
+        if (handlers === undefined) {
+            handlers = new Set();
+            this.#handlers.set(type, handlers);
+        }
+        handlers.add(handler);
+        return () => this.#off(type, handler);
+    }
+    // eslint-disable-next-line @typescript-eslint/no-explicit-any
+    off(type, handler) {
+        this.#off(type, handler);
+    }
+    #off(type, handler) {
+        this.#handlers.get(type)?.delete(handler);
+    }
+    // -- internals: connecting -----------------------------------------------------------------
+    #open() {
+        this.#setState("connecting");
+        let ws;
         try {
-          request.hook(message);
-        } catch (error) {
-          report(error);
+            ws = new this.#WebSocket(this.#url);
         }
-      }
-      request.resolve(message);
-      return;
+        catch (error) {
+            this.#finish(new WshubError("invalid_url", `Cannot open ${this.#url}: ${messageOf(error)}`));
+            return;
+        }
+        this.#ws = ws;
+        this.#welcomed = this.#sendable = this.#ready = false;
+        this.#stopHeartbeat();
+        this.#lastReceived = performance.now();
+        ws.onmessage = (event) => {
+            if (this.#ws !== ws)
+                return;
+            // Any frame shows the connection alive: the heartbeat pings only a silent one.
+            this.#lastReceived = performance.now();
+            if (this.#heartbeatWaiting)
+                this.#heartbeatAnswered(ws);
+            this.#receive(event.data);
+        };
+        ws.onclose = (event) => {
+            if (this.#ws === ws)
+                this.#onClose(event.code, event.reason, event.wasClean);
+        };
+        this.#openTimer = setTimeout(() => {
+            if (this.#ws !== ws || this.#ready)
+                return;
+            // Give up on this socket at once; its own close event is ignored from now on.
+            this.#ws = null;
+            ws.close();
+            this.#onClose(1006, "open timeout", false);
+        }, this.#openTimeout);
     }
-    if (type === "welcome") {
-      if (this.#welcomed) return;
-      this.#welcomed = true;
-      this.#welcome = payload;
-      this.#connectionId = payload.connectionId ?? null;
-      this.#userId = payload.userId ?? null;
-      this.#onWelcome(this.#ws);
-    } else if (type === "token_expiring") {
-      this.#refreshToken(this.#ws, payload.expiresAt ?? null);
-    } else if (type === "authenticated") {
-      // Not the reply to our request: the handshake carried a token, or a raw frame was sent.
-      this.#userJoined(payload, null, null);
-    } else if (type === "message") {
-      const sub = this.#subs.get(payload.channel);
-      if (sub === undefined) return; // a publication racing our unsubscribe
-      for (const handler of [...sub.handlers]) this.#invoke(handler, payload, message);
+    async #onWelcome(ws) {
+        let token = null;
+        let problem = null;
+        try {
+            token = await this.#currentToken();
+        }
+        catch (error) {
+            problem = new WshubError("token_error", `token function failed: ${messageOf(error)}`);
+        }
+        if (this.#ws !== ws)
+            return;
+        // Pipelined: the server handles a connection's messages in order, so the subscriptions
+        // (private and presence channels included) are checked after the authentication.
+        const joins = [];
+        if (token) {
+            const auth = this.#request("authenticate", this.#authPayload(token), this.#userHook());
+            joins.push(auth.catch((error) => {
+                if (codeOf(error) !== "connection_lost")
+                    problem = error;
+            }));
+        }
+        for (const sub of this.#subs.values())
+            joins.push(this.#join(sub));
+        this.#sendable = true;
+        await Promise.all(joins);
+        if (this.#ws !== ws || ws === null)
+            return; // dropped meanwhile: the close has been handled
+        clearTimeout(this.#openTimer);
+        this.#ready = true;
+        this.#attempt = 0;
+        this.#startHeartbeat(ws);
+        this.#setState("open");
+        this.#emit("open", { welcome: this.#welcome, reconnected: this.#everOpened });
+        this.#everOpened = true;
+        for (const waiter of this.#readyWaiters.splice(0))
+            waiter.resolve();
+        if (problem !== null) {
+            this.#emit("error", { error: problem });
+            this.#connected?.reject(problem);
+        }
+        else if (this.#welcome !== null) {
+            this.#connected?.resolve(this.#welcome);
+        }
     }
-    for (const handler of [
-      ...(this.#handlers.get(type) ?? []),
-      ...(this.#handlers.get("*") ?? []),
-    ]) {
-      this.#invoke(handler, payload, message);
+    /** Send `subscribe` for `sub` on the current connection, resuming from its position. */
+    #join(sub) {
+        const { since, epoch } = sub.state;
+        const payload = { channel: sub.channel };
+        if (since !== null) {
+            payload.since = since;
+            if (epoch !== null)
+                payload.epoch = epoch;
+        }
+        const hook = (msg) => this.#channelJoined(sub, msg.payload, since, since === null ? null : epoch);
+        return this.#request("subscribe", payload, hook).then((msg) => {
+            if (this.#subs.get(sub.channel) !== sub)
+                return;
+            for (const waiter of sub.waiters.splice(0))
+                waiter.resolve(msg.payload);
+        }, (error) => {
+            if (codeOf(error) === "connection_lost" || this.#subs.get(sub.channel) !== sub)
+                return;
+            // Refused (a token without the claim, a changed policy): end this subscription only.
+            this.#subs.delete(sub.channel);
+            if (sub.waiters.length > 0) {
+                for (const waiter of sub.waiters.splice(0))
+                    waiter.reject(error);
+            }
+            else {
+                this.#emit("error", { error });
+            }
+        });
     }
-  }
-
-  #invoke(handler, payload, message) {
-    try {
-      handler(payload, message);
-    } catch (error) {
-      report(error);
+    #onClose(code, reason, wasClean) {
+        clearTimeout(this.#openTimer);
+        this.#stopHeartbeat();
+        const ws = this.#ws;
+        if (ws !== null) {
+            ws.onmessage = ws.onclose = null;
+            this.#ws = null;
+        }
+        this.#welcomed = this.#sendable = this.#ready = false;
+        this.#lastClose = { code, reason };
+        // Gaps being filled are dropped: the next connection resumes from the same offsets.
+        this.#userStream.fill = null;
+        for (const sub of this.#subs.values()) {
+            sub.joined = false;
+            sub.fill = null;
+        }
+        const lost = new WshubError("connection_lost", `Connection closed (${code})`, {
+            closeCode: code,
+        });
+        for (const request of this.#pending.values())
+            request.reject(lost);
+        this.#pending.clear();
+        const policy = this.#reconnect;
+        let willReconnect = !this.#closing && policy !== false && shouldReconnect(code, policy);
+        if (willReconnect && policy !== false && this.#attempt >= policy.maxAttempts) {
+            willReconnect = false;
+        }
+        this.#emit("close", { code, reason, wasClean, willReconnect });
+        if (!willReconnect || policy === false) {
+            const why = this.#closing
+                ? "Closed by the application"
+                : policy === false || !shouldReconnect(code, policy)
+                    ? `Connection closed (${code}${reason ? ` ${reason}` : ""}), not reconnecting`
+                    : `Gave up reconnecting after ${this.#attempt} attempt(s)`;
+            this.#finish(new WshubError("closed", why, { closeCode: code }));
+            return;
+        }
+        const delay = backoffDelay(this.#attempt, policy);
+        this.#attempt += 1;
+        this.#setState("reconnecting");
+        this.#emit("reconnecting", { attempt: this.#attempt, delay, code, reason });
+        this.#reconnectTimer = setTimeout(() => {
+            this.#reconnectTimer = null;
+            this.#open();
+        }, delay);
     }
-  }
-
-  #setState(state) {
-    const previous = this.#state;
-    if (state === previous) return;
-    this.#state = state;
-    this.#emit("statechange", { state, previous });
-  }
-
-  #emit(name, detail) {
-    this.dispatchEvent(new CustomEvent(name, { detail }));
-  }
+    /** The client is closed for good (until connect() again): fail everyone still waiting. */
+    #finish(error) {
+        this.#stopHeartbeat();
+        this.#closing = false;
+        this.#setState("closed");
+        this.#connected?.reject(error);
+        for (const waiter of this.#readyWaiters.splice(0))
+            waiter.reject(error);
+        for (const sub of this.#subs.values()) {
+            for (const waiter of sub.waiters.splice(0))
+                waiter.reject(error);
+        }
+        for (const resolve of this.#closeWaiters.splice(0))
+            resolve();
+    }
+    async #currentToken() {
+        if (typeof this.#getToken === "function")
+            return (await this.#getToken()) || null;
+        return this.#token;
+    }
+    #authPayload(token) {
+        const payload = { token };
+        const { since, epoch } = this.#user;
+        if (since !== null) {
+            payload.since = since;
+            if (epoch !== null)
+                payload.epoch = epoch;
+        }
+        return payload;
+    }
+    /** The hook for the `authenticated` reply to the authentication being sent now. */
+    #userHook() {
+        const since = this.#user.since;
+        const sinceEpoch = since === null ? null : this.#user.epoch;
+        return (msg) => this.#userJoined(msg.payload, since, sinceEpoch);
+    }
+    #userJoined(payload, since, sinceEpoch) {
+        if (typeof payload.userId === "string")
+            this.#userId = payload.userId;
+        const { offset, epoch } = payload;
+        if (typeof offset !== "number" || typeof epoch !== "string")
+            return;
+        const recovered = typeof payload.recovered === "boolean" ? payload.recovered : null;
+        if (since !== null)
+            this.#userRecovered = recovered;
+        if (this.#user.joined(offset, epoch, recovered, since, sinceEpoch)) {
+            const detail = { since, sinceEpoch, offset, epoch, missing: null, lost: true };
+            this.#emit("gap", { stream: "user", name: this.#userId, ...detail });
+        }
+    }
+    #channelJoined(sub, payload, since, sinceEpoch) {
+        if (this.#subs.get(sub.channel) !== sub)
+            return; // unsubscribed meanwhile
+        const { offset, epoch } = payload;
+        sub.joined = true;
+        sub.payload = payload;
+        if (typeof offset !== "number" || typeof epoch !== "string")
+            return;
+        sub.recovered = typeof payload.recovered === "boolean" ? payload.recovered : null;
+        if (sub.state.joined(offset, epoch, sub.recovered, since, sinceEpoch)) {
+            const detail = { since, sinceEpoch, offset, epoch, missing: null, lost: true };
+            this.#emit("gap", { stream: "channel", name: sub.channel, ...detail });
+        }
+    }
+    // -- internals: heartbeat ------------------------------------------------------------------
+    /** Watch the socket `ws`, ready now, until it closes. */
+    #startHeartbeat(ws) {
+        this.#stopHeartbeat();
+        const timing = this.heartbeat;
+        if (timing === false)
+            return;
+        this.#heartbeatTiming = timing;
+        this.#heartbeatAfter(ws, timing.interval - (performance.now() - this.#lastReceived));
+    }
+    #stopHeartbeat() {
+        if (this.#heartbeatTimer !== null) {
+            clearTimeout(this.#heartbeatTimer);
+            this.#heartbeatTimer = null;
+        }
+        this.#heartbeatTiming = null;
+        this.#heartbeatWaiting = false;
+    }
+    #heartbeatAfter(ws, delay) {
+        if (this.#heartbeatTimer !== null)
+            clearTimeout(this.#heartbeatTimer);
+        this.#heartbeatTimer = setTimeout(() => this.#heartbeatTick(ws), Math.max(0, delay));
+    }
+    /** The first frame after a heartbeat ping: silence is counted from now again. */
+    #heartbeatAnswered(ws) {
+        this.#heartbeatWaiting = false;
+        if (this.#heartbeatTiming !== null)
+            this.#heartbeatAfter(ws, this.#heartbeatTiming.interval);
+    }
+    #heartbeatTick(ws) {
+        this.#heartbeatTimer = null;
+        const timing = this.#heartbeatTiming;
+        if (this.#ws !== ws || !this.#ready || timing === null)
+            return;
+        if (this.#heartbeatWaiting) {
+            this.#heartbeatExpired(ws);
+            return;
+        }
+        const silence = performance.now() - this.#lastReceived;
+        if (silence < timing.interval) {
+            this.#heartbeatAfter(ws, timing.interval - silence);
+            return;
+        }
+        // Not through #request: no pending entry, no timeout error; the reply is recognised by its
+        // id and dropped in #handle, late ones included.
+        this.#heartbeatPings += 1;
+        const message = { type: "ping", id: `${this.#heartbeatPrefix}${this.#heartbeatPings}` };
+        this.#heartbeatWaiting = true;
+        // Armed before sending: a `frame` listener may close() the client, which must disarm it.
+        this.#heartbeatAfter(ws, timing.timeout);
+        this.#sendText(JSON.stringify(message), message);
+    }
+    /** Nothing came within `timeout` after a ping: give up on the socket at once. */
+    #heartbeatExpired(ws) {
+        this.#ws = null;
+        const reason = "heartbeat timeout";
+        try {
+            ws.close(HEARTBEAT_CLOSE_CODE, reason); // tells the server why, should it still listen
+        }
+        catch (error) {
+            report(error);
+        }
+        this.#onClose(HEARTBEAT_CLOSE_CODE, reason, false);
+    }
+    // -- internals: requests -------------------------------------------------------------------
+    #notConnected() {
+        return Promise.reject(new WshubError("not_connected", "Not connected: call connect() first"));
+    }
+    /** A request from the application: wait for the connection to be ready, then send. The
+     * timeout covers both; a request whose time ran out while waiting is never sent. */
+    #call(type, payload, hookFactory = null) {
+        if (this.#state === "idle" || this.#state === "closed")
+            return this.#notConnected();
+        return new Promise((resolve, reject) => {
+            let expired = false;
+            const timer = setTimeout(() => {
+                expired = true;
+                reject(new WshubError("timeout", `No reply to '${type}' within ${this.#requestTimeout} ms`));
+            }, this.#requestTimeout);
+            const send = () => {
+                if (expired)
+                    return undefined;
+                // Ready may have ended between the wake-up and now: wait for the next connection.
+                if (!this.#ready)
+                    return this.#waitReady().then(send);
+                const body = typeof payload === "function" ? payload() : payload;
+                return this.#request(type, body, hookFactory ? hookFactory() : null);
+            };
+            this.#waitReady()
+                .then(send)
+                .then((msg) => {
+                if (msg !== undefined)
+                    resolve(msg);
+            }, reject)
+                .finally(() => clearTimeout(timer));
+        });
+    }
+    #waitReady() {
+        if (this.#ready)
+            return Promise.resolve();
+        if (this.#state === "idle" || this.#state === "closed")
+            return this.#notConnected();
+        return new Promise((resolve, reject) => this.#readyWaiters.push({ resolve, reject }));
+    }
+    /** Send with a fresh `id` on the current connection; resolves with the reply envelope. `hook`
+     * runs when a non-error reply arrives, before any later frame is handled. */
+    #request(type, payload, hook = null) {
+        if (this.#ws === null || !this.#welcomed) {
+            return Promise.reject(new WshubError("connection_lost", "Not connected"));
+        }
+        this.#ids += 1;
+        const id = `${this.#idPrefix}-${this.#ids}`;
+        const message = { type };
+        if (payload !== null)
+            message.payload = payload;
+        message.id = id;
+        return new Promise((resolve, reject) => {
+            this.#pending.set(id, { resolve, reject, hook });
+            this.#sendText(JSON.stringify(message), message);
+        });
+    }
+    #sendText(text, message = undefined) {
+        this.#ws?.send(text);
+        if (message === undefined) {
+            try {
+                message = JSON.parse(text);
+            }
+            catch {
+                message = null;
+            }
+        }
+        this.#emit("frame", { direction: "out", text, message, duplicate: false });
+    }
+    // -- internals: receiving ------------------------------------------------------------------
+    #receive(data) {
+        if (typeof data !== "string") {
+            // Not part of protocol v1; shown to `frame` listeners, otherwise ignored.
+            this.#emit("frame", { direction: "in", text: null, message: null, duplicate: false });
+            return;
+        }
+        let parsed = null;
+        try {
+            parsed = JSON.parse(data);
+        }
+        catch {
+            // not JSON: logged below, otherwise ignored
+        }
+        if (!isObject(parsed) || typeof parsed.type !== "string") {
+            this.#emit("frame", { direction: "in", text: data, message: null, duplicate: false });
+            return;
+        }
+        if (!isObject(parsed.payload))
+            parsed.payload = {};
+        const message = parsed;
+        const stream = this.#streamOf(message);
+        if (stream === null) {
+            this.#emit("frame", { direction: "in", text: data, message, duplicate: false });
+            this.#handle(message);
+            return;
+        }
+        const offset = (message.type === "message" ? message.payload.offset : message.offset);
+        // Seen before (a resume's seam), or already held back behind a gap.
+        const duplicate = stream.state.isDuplicate(offset) || stream.fill?.held.has(offset) === true;
+        this.#emit("frame", { direction: "in", text: data, message, duplicate });
+        if (!duplicate)
+            this.#arrive(stream, offset, message);
+    }
+    /** The stream a message belongs to (a subscription, or #userStream), or null. */
+    #streamOf(message) {
+        if (message.type === "message") {
+            const sub = this.#subs.get(message.payload.channel);
+            if (sub === undefined || !sub.state.known || typeof message.payload.offset !== "number") {
+                return null;
+            }
+            return sub;
+        }
+        return typeof message.offset === "number" ? this.#userStream : null;
+    }
+    #streamName(stream) {
+        return stream.kind === "user" ? this.#userId : stream.channel;
+    }
+    // -- internals: gaps on a live stream --------------------------------------------------------
+    /** A new stream message: handed on, or held back behind a gap. A message that jumps starts a
+     * fill: the stream is resumed on this connection from the last offset without a gap, then a
+     * `ping` goes out; when its `pong` is in, the replay is complete. Until then what came after
+     * the gap waits, and goes out in order as the replay fills the gap. */
+    #arrive(stream, offset, message) {
+        const { state } = stream;
+        if (stream.fill !== null) {
+            stream.fill.held.set(offset, message);
+            this.#handAll(this.#release(stream.fill, state, false).items);
+            return;
+        }
+        const since = state.since;
+        if (since === null || !state.jumps(offset)) {
+            state.accept(offset);
+            this.#handle(message);
+            return;
+        }
+        const fill = { since, firstSeen: offset, held: new Map([[offset, message]]), lost: false };
+        stream.fill = fill;
+        const epoch = state.epoch;
+        this.#emit("gap", {
+            stream: stream.kind,
+            name: this.#streamName(stream),
+            since,
+            sinceEpoch: epoch,
+            offset,
+            epoch,
+            missing: [since + 1, offset - 1],
+            lost: false,
+        });
+        void this.#fill(stream, fill, this.#ws);
+    }
+    /** What `fill` may hand on now, in order, recorded in `state`; with `flush`, everything, with
+     * the ranges still missing. */
+    #release(fill, state, flush) {
+        const items = [];
+        const missing = [];
+        for (const offset of [...fill.held.keys()].sort((a, b) => a - b)) {
+            if (state.isDuplicate(offset)) {
+                fill.held.delete(offset);
+                continue;
+            }
+            const contiguous = state.loose || offset === state.delivered + 1;
+            if (!contiguous && !flush)
+                break;
+            if (!contiguous)
+                missing.push([state.delivered + 1, offset - 1]);
+            items.push(fill.held.get(offset));
+            fill.held.delete(offset);
+            state.accept(offset);
+        }
+        return { items, missing };
+    }
+    #handAll(messages) {
+        for (const message of messages)
+            this.#handle(message);
+    }
+    async #fill(stream, fill, ws) {
+        const { state } = stream;
+        const sinceEpoch = state.epoch;
+        let timer;
+        const expired = new Promise((_, reject) => {
+            timer = setTimeout(() => reject(new WshubError("timeout", "No replay to fill a gap in time")), this.#requestTimeout);
+        });
+        expired.catch(() => { });
+        const current = () => this.#ws === ws && stream.fill === fill;
+        try {
+            let payload;
+            if (stream.kind === "user") {
+                const token = await Promise.race([this.#currentToken(), expired]);
+                if (!current())
+                    return;
+                if (!token)
+                    throw new WshubError("token_error", "No token to resume the user stream");
+                payload = { token, since: fill.since };
+            }
+            else {
+                payload = { channel: stream.channel, since: fill.since };
+            }
+            if (sinceEpoch !== null)
+                payload.epoch = sinceEpoch;
+            const type = stream.kind === "user" ? "authenticate" : "subscribe";
+            const hook = (msg) => this.#refilled(stream, fill, msg.payload, sinceEpoch);
+            await Promise.race([this.#request(type, payload, hook), expired]);
+            if (!current())
+                return;
+            await Promise.race([
+                this.#request("ping", null, () => this.#fillDone(stream, fill, false)),
+                expired,
+            ]);
+        }
+        catch (error) {
+            if (codeOf(error) === "connection_lost" || !current())
+                return;
+            this.#fillDone(stream, fill, true); // refused or too slow: hand on what is held
+            this.#emit("error", { error });
+        }
+        finally {
+            clearTimeout(timer);
+        }
+    }
+    /** The reply to a fill's resume (`subscribed`/`authenticated`), before the replay. */
+    #refilled(stream, fill, payload, sinceEpoch) {
+        if (stream.fill !== fill)
+            return;
+        const { state } = stream;
+        if (stream.kind === "user" && typeof payload.userId === "string")
+            this.#userId = payload.userId;
+        const { offset, epoch } = payload;
+        if (typeof offset === "number" && typeof epoch === "string") {
+            const recovered = typeof payload.recovered === "boolean" ? payload.recovered : null;
+            if (stream.kind === "user")
+                this.#userRecovered = recovered;
+            else
+                stream.recovered = recovered;
+            const before = state.epoch;
+            if (state.joined(offset, epoch, recovered, fill.since, sinceEpoch)) {
+                if (epoch !== before)
+                    fill.held.clear(); // the old numbering: the replay brings the new
+                fill.lost = true;
+                this.#emit("gap", {
+                    stream: stream.kind,
+                    name: this.#streamName(stream),
+                    since: fill.since,
+                    sinceEpoch,
+                    offset,
+                    epoch,
+                    missing: [fill.since + 1, fill.firstSeen - 1],
+                    lost: true,
+                });
+            }
+        }
+        // With `recovered: false` the replay starts after a trimmed part, maybe before what is
+        // held: its first message sets the numbering, and what is held goes after it.
+        if (!state.loose)
+            this.#handAll(this.#release(fill, state, false).items);
+    }
+    /** The fill is over (its `pong` is in; `failed`: the resume was refused or timed out): hand
+     * on everything held, in order, and tell of what is still missing. */
+    #fillDone(stream, fill, failed) {
+        if (stream.fill !== fill)
+            return;
+        stream.fill = null;
+        const { state } = stream;
+        const since = state.delivered;
+        const { items, missing } = this.#release(fill, state, true);
+        if (failed && missing.length === 0 && !fill.lost) {
+            missing.push([fill.since + 1, fill.firstSeen - 1]);
+        }
+        const first = missing[0];
+        const last = missing[missing.length - 1];
+        if (first !== undefined && last !== undefined && !fill.lost) {
+            this.#emit("gap", {
+                stream: stream.kind,
+                name: this.#streamName(stream),
+                since,
+                sinceEpoch: state.epoch,
+                offset: state.delivered,
+                epoch: state.epoch,
+                missing: [first[0], last[1]],
+                lost: true,
+            });
+        }
+        if (fill.lost || missing.length > 0) {
+            if (stream.kind === "user")
+                this.#userRecovered = false;
+            else
+                stream.recovered = false;
+        }
+        this.#handAll(items);
+    }
+    // -- internals: the token --------------------------------------------------------------------
+    /** `token_expiring`: authenticate again on this connection with a fresh token (the reply says
+     * `refreshed: true`). Without a token function the server will close with 4001. */
+    async #refreshToken(ws, expiresAt) {
+        if (typeof this.#getToken !== "function")
+            return;
+        let token;
+        try {
+            token = await this.#currentToken();
+        }
+        catch (error) {
+            const message = `token function failed: ${messageOf(error)}`;
+            this.#emit("error", { error: new WshubError("token_error", message) });
+            return;
+        }
+        if (this.#ws !== ws || !token)
+            return;
+        try {
+            const reply = await this.#request("authenticate", { token }, (msg) => {
+                if (typeof msg.payload.userId === "string")
+                    this.#userId = msg.payload.userId;
+            });
+            this.#emit("tokenrefresh", { expiresAt, payload: reply.payload });
+        }
+        catch (error) {
+            if (codeOf(error) !== "connection_lost")
+                this.#emit("error", { error });
+        }
+    }
+    #handle(message) {
+        const { type, payload, id } = message;
+        // The reply to a heartbeat ping: a sign of life, of no concern to the application.
+        if (typeof id === "string" && id.startsWith(this.#heartbeatPrefix))
+            return;
+        const request = typeof id === "string" ? this.#pending.get(id) : undefined;
+        if (request !== undefined && typeof id === "string") {
+            this.#pending.delete(id);
+            if (type === "error") {
+                const text = payload.message ?? "Request failed";
+                request.reject(new WshubError(payload.code ?? "error", text, { id, frame: message }));
+                return;
+            }
+            if (request.hook !== null) {
+                try {
+                    request.hook(message);
+                }
+                catch (error) {
+                    report(error);
+                }
+            }
+            request.resolve(message);
+            return;
+        }
+        if (type === "welcome") {
+            if (this.#welcomed)
+                return;
+            this.#welcomed = true;
+            this.#welcome = payload;
+            this.#connectionId = payload.connectionId ?? null;
+            this.#userId = payload.userId ?? null;
+            void this.#onWelcome(this.#ws);
+        }
+        else if (type === "token_expiring") {
+            void this.#refreshToken(this.#ws, payload.expiresAt ?? null);
+        }
+        else if (type === "authenticated") {
+            // Not the reply to our request: the handshake carried a token, or a raw frame was sent.
+            this.#userJoined(payload, null, null);
+        }
+        else if (type === "message") {
+            const sub = this.#subs.get(payload.channel);
+            if (sub === undefined)
+                return; // a publication racing our unsubscribe
+            for (const handler of [...sub.handlers])
+                this.#invoke(handler, payload, message);
+        }
+        for (const handler of [
+            ...(this.#handlers.get(type) ?? []),
+            ...(this.#handlers.get("*") ?? []),
+        ]) {
+            this.#invoke(handler, payload, message);
+        }
+    }
+    #invoke(handler, payload, message) {
+        try {
+            handler(payload, message);
+        }
+        catch (error) {
+            report(error);
+        }
+    }
+    #setState(state) {
+        const previous = this.#state;
+        if (state === previous)
+            return;
+        this.#state = state;
+        this.#emit("statechange", { state, previous });
+    }
+    #emit(name, detail) {
+        this.dispatchEvent(new CustomEvent(name, { detail }));
+    }
 }
-
 export default WshubClient;
