@@ -102,8 +102,11 @@ export interface StreamPosition {
 
 /** The WebSocket class the client opens sockets with (the browser's, `ws`, Node 22's...). */
 export interface WebSocketLike {
-  onmessage: ((event: { data: unknown }) => void) | null;
-  onclose: ((event: { code: number; reason: string; wasClean: boolean }) => void) | null;
+  // `any` events: the DOM's and `ws`'s handler types (MessageEvent, CloseEvent) both fit.
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  onmessage: ((event: any) => void) | null;
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  onclose: ((event: any) => void) | null;
   send(data: string): void;
   close(code?: number, reason?: string): void;
 }

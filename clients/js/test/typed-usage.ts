@@ -1,6 +1,12 @@
 // Compiled by `npm run typecheck` (tsc --strict, no emit): on(), request() and the unions are
 // typed by the message maps, and misuse does not compile.
+import NodeWebSocket from "ws";
+
 import { WshubClient, type ServerMessage, type ClientMessage } from "../src/index.js";
+
+// Both WebSocket classes fit the option: the browser's and ws's (Node 20).
+void new WshubClient("ws://127.0.0.1:5000/ws", { WebSocket: NodeWebSocket });
+void new WshubClient("ws://127.0.0.1:5000/ws", { WebSocket: WebSocket });
 
 const client = new WshubClient("ws://127.0.0.1:5000/ws");
 
