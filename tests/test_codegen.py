@@ -224,3 +224,27 @@ def test_the_output_compiles_with_tsc_strict_and_narrows(tmp_path: Path) -> None
     result = _tsc(types, wrong)
     assert result.returncode != 0
     assert "channel" in result.stdout
+
+
+def test_wshub_js_is_the_build_of_the_typescript_package() -> None:
+    """/wshub.js is generated from clients/js/src/index.ts: an edit made to the copy alone
+    (instead of the TypeScript source, then `npm run build:static`) fails here."""
+    _ensure_node_modules()
+    node = shutil.which("node")
+    assert node is not None, "node is not installed"
+    build = subprocess.run(
+        [str(TSC), "-p", "tsconfig.json"],
+        cwd=CLIENT_JS,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert build.returncode == 0, build.stdout + build.stderr
+    check = subprocess.run(
+        [node, "scripts/browser-bundle.mjs", "--check"],
+        cwd=CLIENT_JS,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
