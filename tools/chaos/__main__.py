@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                 stall=4.0 if args.short else 12.0,
                 inflight=args.inflight or inflight,
                 auth_retry_in_place=auth_retry == "in-place",
+                fault_gap=2.0 if args.short else 0.0,
             )
         )
     given = list(sys.argv[1:] if argv is None else argv)

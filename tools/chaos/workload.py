@@ -60,6 +60,10 @@ class Plan:
     #: connection (True), or open a new one as the SDK does. True finds the open issue of
     #: tests/chaos/test_findings.py; the short run of make test uses False.
     auth_retry_in_place: bool = True
+    #: Seconds from a restart to the next fault at least. 0 lets faults follow each other at
+    #: once (a Redis kill while clients are still reconnecting to a restarted node: that found
+    #: the SDK issue of tests/chaos/test_findings.py); the short run uses 2.
+    fault_gap: float = 0.0
 
 
 @dataclass
@@ -344,8 +348,9 @@ class Run:
         return out
 
     async def faults(self) -> None:
+        ready_at = 0.0
         for at, kind, index in self.schedule():
-            await asyncio.sleep(max(0.0, at - self.now()))
+            await asyncio.sleep(max(0.0, at - self.now(), ready_at - self.now()))
             down = self.rng.uniform(0.3, 1.0)
             if kind == "node":
                 node = self.nodes[index]
@@ -365,6 +370,7 @@ class Run:
                 await self.redis.start()
                 self.redis_up.set()
                 self.event(f"kill -9 redis-server (pid {pid}); restarted after {down:.1f} s")
+            ready_at = self.now() + self.plan.fault_gap
 
     # -- observers -----------------------------------------------------------------------
 
