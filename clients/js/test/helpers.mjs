@@ -67,6 +67,15 @@ export async function startServer(settings = {}) {
     ...settings,
   });
   const proc = spawn(WSHUB, ["serve"], { env, cwd: here, stdio: ["ignore", "ignore", "pipe"] });
+  // Never outlive the test process, even when it is killed (a test runner's timeout).
+  const reap = () => proc.exitCode === null && proc.kill("SIGKILL");
+  process.once("exit", reap);
+  for (const signal of ["SIGINT", "SIGTERM"]) {
+    process.once(signal, () => {
+      reap();
+      process.exit(128 + (signal === "SIGINT" ? 2 : 15));
+    });
+  }
   let log = "";
   await new Promise((resolveStarted, reject) => {
     const timer = setTimeout(() => reject(new Error(`wshub serve did not start:\n${log}`)), 20000);
