@@ -322,3 +322,23 @@ def test_a_missing_redis_server_skips_or_fails_in_ci(tmp_path: Path, required: b
         assert result.returncode == 1 and "1 error" in result.stdout, outcome(result)
     else:
         assert result.returncode == 0 and "1 skipped" in result.stdout, outcome(result)
+
+
+def test_the_fixtures_work_in_pytest_asyncio_strict_mode(tmp_path: Path) -> None:
+    (tmp_path / "pytest.ini").write_text(
+        INI.replace("asyncio_mode = auto", "asyncio_mode = strict")
+    )
+    (tmp_path / "test_strict.py").write_text(
+        textwrap.dedent(
+            """
+            import pytest
+
+            @pytest.mark.asyncio
+            async def test_ping(wshub_server, wshub_client):
+                alice = await wshub_client(wshub_server, user="alice")
+                assert (await alice.request("ping"))["type"] == "pong"
+            """
+        )
+    )
+    result = run_pytest(tmp_path)
+    assert result.returncode == 0 and "1 passed" in result.stdout, outcome(result)

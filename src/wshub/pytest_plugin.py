@@ -1,7 +1,8 @@
 """pytest fixtures for testing an app that uses wshub: a real hub, a real cluster, real faults.
 
-Installed with wshub as the ``wshub`` pytest plugin (entry point ``pytest11``); without the
-entry point, ``pytest -p wshub.pytest_plugin``. See docs/testing.md.
+Installed with wshub as the ``wshub`` pytest plugin (entry point ``pytest11``), loaded by pytest
+by itself; ``-p wshub.pytest_plugin`` only with ``PYTEST_DISABLE_PLUGIN_AUTOLOAD=1``. See
+docs/testing.md.
 
 - ``wshub_server``: an in-process hub and standalone server on a free loopback port (the app's
   own hub if ``wshub_hub`` is overridden); ``wshub_server_factory(**settings)`` for more.
@@ -11,9 +12,10 @@ entry point, ``pytest -p wshub.pytest_plugin``. See docs/testing.md.
   injection: ``kill``/``restart`` a node, ``stall_reader`` a client, ``redis.pause``/``resume``,
   ``redis.kill``/``restart``.
 
-Loading the plugin imports nothing but pytest (and pytest-asyncio when installed); uvicorn,
-redis-py and the rest are imported by the fixtures that need them, and a missing one is a
-``MissingExtra`` error naming the extra to install. Async fixtures need pytest-asyncio.
+Loading the plugin imports nothing but pytest (pytest-asyncio, once pytest has loaded it, at
+``pytest_configure``); uvicorn, redis-py, httpx and websockets are imported by the fixtures that
+need them, and a missing one fails the test with one line naming the extra to install. The async
+fixtures need pytest-asyncio (strict or auto mode).
 """
 
 from __future__ import annotations
@@ -36,11 +38,15 @@ if TYPE_CHECKING:
     from .testing import TestClient, TestServer
 
 __all__ = [
+    "NODE_TTL",
     "TEST_API_KEY",
     "TEST_SECRET",
+    "ClientFactory",
     "Cluster",
+    "ClusterFactory",
     "ClusterNode",
     "RedisProcess",
+    "ServerFactory",
 ]
 
 #: The JWT secret and API key of the fixtures' servers and nodes (override ``wshub_settings``).
@@ -81,7 +87,10 @@ def _require_runtime(fixture: str, *extras: str) -> None:
         try:
             require(modules[extra], extra, needed_by=f"the {fixture} fixture")
         except MissingExtra as exc:
-            pytest.fail(str(exc), pytrace=False)
+            missing = str(exc)
+        else:
+            continue
+        pytest.fail(missing, pytrace=False)  # outside the except: no chained traceback
 
 
 def _redis_server_executable() -> str:
@@ -439,6 +448,9 @@ class _Proxy:
                 pipe.reading.clear()
             self.pipes.add(pipe)
             await pipe.run(down_r, down_w, *upstream)
+        except asyncio.CancelledError:
+            # close() ended it; a cancelled handler would be logged as an error by asyncio
+            down_w.close()
         finally:
             self.pipes.discard(pipe)
             self._handlers.discard(task)
