@@ -29,7 +29,9 @@ __all__ = [
 #: Settings only ``wshub serve`` reads: an app that mounts the hub does not fail on them.
 SERVER_FIELDS = frozenset({"host", "port", "transport", "tls_cert", "tls_key", "log_level"})
 
-_SCHEMES = ("memory://", "sqlite://", "redis://", "rediss://", "postgresql://", "postgres://")
+_SCHEMES: tuple[str, ...] = ("memory://", "sqlite://", "redis://", "rediss://", "postgresql://")
+_SCHEMES += ("postgres://", "redis+sentinel://", "rediss+sentinel://", "redis+cluster://")
+_SCHEMES += ("rediss+cluster://",)
 
 
 class RetentionSpec(BaseModel):
@@ -113,6 +115,9 @@ class Settings(BaseSettings):
     node_ttl: float = Field(
         10.0, ge=0.5, description="seconds after which a silent node counts as dead"
     )
+    redis_min_replicas: int = Field(
+        0, ge=0, description="replicas a Redis store write must reach (WAIT) before it counts"
+    )
     history_size: int = Field(100, ge=0, description="messages kept per channel")
     history_ttl: float = Field(3600.0, gt=0, description="seconds a channel message is kept")
     inbox_size: int = Field(1000, ge=0, description="messages kept per user stream")
@@ -154,8 +159,8 @@ class Settings(BaseSettings):
         if url.startswith(_SCHEMES):
             return url
         choices = (
-            "sqlite:///path.db, redis://host:6379/0, rediss://..., postgresql://host/db"
-            " or memory://"
+            "sqlite:///path.db, redis://host:6379/0, rediss://..., redis+sentinel://host:26379/"
+            "SERVICE/0, redis+cluster://host:6379/0, postgresql://host/db or memory://"
         )
         scheme, sep, _ = url.partition("://")
         if not sep:

@@ -54,7 +54,18 @@ def _postgres_url(url: str, setting: str) -> Any:
         raise ConfigError(f"{setting}: {exc}") from None
 
 
-def create_store(url: str) -> Store:
+#: One Redis, the master behind Sentinel, a Redis Cluster (wshub.redis_support).
+_REDIS = (
+    "redis://",
+    "rediss://",
+    "redis+sentinel://",
+    "rediss+sentinel://",
+    "redis+cluster://",
+    "rediss+cluster://",
+)
+
+
+def create_store(url: str, *, redis_min_replicas: int = 0) -> Store:
     if url.startswith("memory://"):
         from .stores.memory import MemoryStore
 
@@ -66,11 +77,16 @@ def create_store(url: str) -> Store:
             return SQLiteStore(path_from_url(url), synchronous=synchronous_from_url(url))
         except ValueError as exc:
             raise ConfigError(f"WS_STORE_URL: {exc}") from None
-    if url.startswith(("redis://", "rediss://")):
+    if url.startswith(_REDIS):
         redis_url = _redis_url(url, "WS_STORE_URL")
         from .stores.redis import RedisStore
 
-        return RedisStore(redis_url.url, prefix=redis_url.prefix or "wshub")
+        try:
+            return RedisStore(
+                redis_url.url, prefix=redis_url.prefix or "wshub", min_replicas=redis_min_replicas
+            )
+        except ValueError as exc:
+            raise ConfigError(f"WS_STORE_URL: {exc}") from None
     if url.startswith(_POSTGRES):
         pg_url = _postgres_url(url, "WS_STORE_URL")
         from .stores.postgres import PostgresStore
@@ -84,7 +100,7 @@ def create_broker(url: str) -> Broker:
         from .brokers.memory import MemoryBroker
 
         return MemoryBroker()
-    if url.startswith(("redis://", "rediss://")):
+    if url.startswith(_REDIS):
         redis_url = _redis_url(url, "WS_BROKER_URL")
         from .brokers.redis import RedisBroker
 
@@ -104,7 +120,7 @@ def create_presence(url: str, *, node_ttl: float = 10.0) -> Presence:
         from .presence.memory import MemoryPresence
 
         return MemoryPresence()
-    if url.startswith(("redis://", "rediss://")):
+    if url.startswith(_REDIS):
         redis_url = _redis_url(url, "WS_BROKER_URL")
         from .presence.redis import RedisPresence
 
@@ -181,7 +197,9 @@ def create_hub(settings: Settings | None = None, **overrides: Any) -> Hub:
         logger.warning("%s", warning)
     # Only what is not given is built (a redis:// URL then needs the redis extra).
     if "store" not in overrides:
-        overrides["store"] = create_store(settings.store_url)
+        overrides["store"] = create_store(
+            settings.store_url, redis_min_replicas=settings.redis_min_replicas
+        )
     if "broker" not in overrides:
         overrides["broker"] = create_broker(settings.broker_url)
     if "presence" not in overrides:

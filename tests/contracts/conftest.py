@@ -21,10 +21,17 @@ from ..postgres_server import (
     postgres_database,  # noqa: F401  (fixture)
 )
 from ..redis_server import (
+    RedisCluster,
+    RedisSentinel,
     RedisServer,
+    redis_cluster_server,  # noqa: F401  (fixture)
+    redis_sentinel_server,  # noqa: F401  (fixture)
     redis_server,  # noqa: F401  (fixture)
     redis_url,  # noqa: F401  (fixture)
 )
+
+#: Parameters that run a suite on a Redis Cluster / behind Sentinel (see fresh_redis_ha).
+REDIS_HA = ("cluster", "sentinel")
 
 
 class Clock:
@@ -73,14 +80,32 @@ def fresh_redis(request: pytest.FixtureRequest) -> Callable[[], str]:
     return get
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis", "postgres"])
+@pytest.fixture
+def fresh_redis_ha(request: pytest.FixtureRequest) -> Callable[[str], str]:
+    """``fresh_redis_ha("cluster")``: the URL of the session's 3-master Redis Cluster,
+    ``fresh_redis_ha("sentinel")``: of its master + replica + Sentinel, emptied; started only
+    when a parameter asks for them."""
+
+    def get(kind: str) -> str:
+        server: RedisCluster | RedisSentinel = request.getfixturevalue(
+            "redis_cluster_server" if kind == "cluster" else "redis_sentinel_server"
+        )
+        server.flush()
+        return server.url
+
+    return get
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis", "postgres", *REDIS_HA])
 def store_factory(
     request: pytest.FixtureRequest,
     tmp_path: Path,
     fresh_redis: Callable[[], str],
     fresh_postgres: Callable[[], str],  # noqa: F811  (the fixture imported above)
+    fresh_redis_ha: Callable[[str], str],
 ) -> StoreFactory:
     url = fresh_redis() if request.param == "redis" else ""
+    url = fresh_redis_ha(request.param) if request.param in REDIS_HA else url
     url = fresh_postgres() if request.param == "postgres" else url
 
     def make(clock: Clock) -> Store:

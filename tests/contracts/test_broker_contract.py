@@ -16,6 +16,8 @@ import pytest
 from wshub.brokers.memory import MemoryBroker, MemoryBus
 from wshub.interfaces import Broker
 
+from .conftest import REDIS_HA
+
 TIMEOUT = 5
 
 
@@ -42,15 +44,17 @@ class Node:
 AddNode = Callable[[], Awaitable[Node]]
 
 
-@pytest.fixture(params=["memory", "redis", "postgres"])
+@pytest.fixture(params=["memory", "redis", "postgres", *REDIS_HA])
 async def cluster(
     request: pytest.FixtureRequest,
     fresh_redis: Callable[[], str],
     fresh_postgres: Callable[[], str],
+    fresh_redis_ha: Callable[[str], str],
 ) -> AsyncIterator[AddNode]:
     """``await cluster()`` starts one more node of the same cluster."""
     bus = MemoryBus()
     url = fresh_redis() if request.param == "redis" else ""
+    url = fresh_redis_ha(request.param) if request.param in REDIS_HA else url
     url = fresh_postgres() if request.param == "postgres" else url
     async with AsyncExitStack() as stack:
 

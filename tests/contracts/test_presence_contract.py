@@ -20,20 +20,22 @@ from wshub.presence.memory import MemoryPresence, MemoryPresenceState
 from wshub.presence.redis import RedisPresence
 
 from ..redis_server import RedisServer
-from .conftest import eventually
+from .conftest import REDIS_HA, eventually
 
 AddNode = Callable[[], Awaitable[Presence]]
 
 
-@pytest.fixture(params=["memory", "redis", "postgres"])
+@pytest.fixture(params=["memory", "redis", "postgres", *REDIS_HA])
 async def cluster(
     request: pytest.FixtureRequest,
     fresh_redis: Callable[[], str],
     fresh_postgres: Callable[[], str],
+    fresh_redis_ha: Callable[[str], str],
 ) -> AsyncIterator[AddNode]:
     """``await cluster()`` starts the presence of one more node of the same cluster."""
     state = MemoryPresenceState()
     url = fresh_redis() if request.param == "redis" else ""
+    url = fresh_redis_ha(request.param) if request.param in REDIS_HA else url
     url = fresh_postgres() if request.param == "postgres" else url
     async with AsyncExitStack() as stack:
 

@@ -12,6 +12,19 @@ backoff and jitter, forever, and subscribes again to every topic; meanwhile ``pu
 once with :class:`~wshub.errors.BackendUnavailable` and local delivery goes on. A subscriber
 connection that goes silent (no answer to ``PING`` within ``ping_interval``) counts as broken.
 
+Behind Sentinel (``redis+sentinel://``) every new connection, the subscriber's too, goes to the
+master the Sentinels name now: a failover breaks the connections to the old master (killed, or
+demoted: Sentinel closes its clients), and reconnection finds the new one, subscribes again and
+calls ``on_resync``.
+
+In a Redis Cluster (``redis+cluster://``) the broker uses sharded Pub/Sub: a topic's channel
+carries the topic as hash tag (``wshub:{c:news}``, the slot of the stream ``c:news``),
+``SPUBLISH`` sends it to the shard owning that slot only, and the node holds one subscriber
+connection per master, each ``SSUBSCRIBE``-d to the wanted channels of its slots. When the
+topology changes (a ``MOVED`` reply, a ``sunsubscribe`` Redis sends when a slot moves away, a
+master that fails), every subscriber connection is replaced after reading the slots again, all
+topics are subscribed again and ``on_resync`` is called.
+
 The connection helpers it shares with the Redis store and presence are in
 :mod:`wshub.redis_support`.
 """
@@ -26,20 +39,23 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 
 from ..errors import BackendUnavailable
 from ..interfaces import BrokerHandler
 from ..redis_support import (
     REDIS_DOWN,
+    AnyRedis,
     Backoff,
     Batcher,
     connect_redis,
     describe,
     ping,
     redis_errors,
+    redis_kind,
     settle,
     stop_task,
 )
@@ -75,7 +91,15 @@ class RedisBroker:
         reconnect_delay: tuple[float, float] = (0.05, 1.0),
     ) -> None:
         self.url = url
+        self.kind = redis_kind(url)
         self.where = f"Redis broker at {describe(url)}"
+        # Sharded Pub/Sub in a cluster: SPUBLISH / SSUBSCRIBE, channels with a hash tag.
+        self._sharded = self.kind == "cluster"
+        self._publish_command = "SPUBLISH" if self._sharded else "PUBLISH"
+        self._subscribe_command = b"SSUBSCRIBE" if self._sharded else b"SUBSCRIBE"
+        self._unsubscribe_command = b"SUNSUBSCRIBE" if self._sharded else b"UNSUBSCRIBE"
+        self._message_kind = b"smessage" if self._sharded else b"message"
+        self._subscribed_kind = b"ssubscribe" if self._sharded else b"subscribe"
         self.node_id = uuid.uuid4().hex[:_NODE_ID_LEN]
         self._tag = self.node_id.encode()
         self._prefix = channel_prefix.encode()
@@ -83,14 +107,19 @@ class RedisBroker:
         self._timeout = timeout
         self._ping_interval = ping_interval
         self._backoff = Backoff(*reconnect_delay)
-        self._client: Redis | None = None
+        self._client: AnyRedis | None = None
         self._handler: BrokerHandler | None = None
         # The topics this node wants; the subscriber connection is brought in line with it.
         self._topics: set[str] = {BROADCAST_TOPIC}
         # Serialises (UN)SUBSCRIBE commands and reconnection, so the last one sent matches
         # the latest wanted state.
         self._lock = asyncio.Lock()
-        self._conn: AbstractConnection | None = None
+        # The subscriber connections by shard (one, named "", outside a cluster).
+        self._conns: dict[str, AbstractConnection] = {}
+        # Cluster: SUNSUBSCRIBEs sent and not yet confirmed, per channel (any other
+        # sunsubscribe is Redis saying the channel's slot moved away).
+        self._unsubscribing: dict[bytes, int] = {}
+        self._reconnecting = False  # cluster: read the slots again before connecting
         # One future per SUBSCRIBE sent for a channel, resolved by its confirmation (in order).
         self._confirmations: dict[bytes, deque[asyncio.Future[None]]] = {}
         self._reader: asyncio.Task[None] | None = None
@@ -113,7 +142,20 @@ class RedisBroker:
     @property
     def connected(self) -> bool:
         """Whether the subscriber connection is up (messages from other nodes arrive)."""
-        return self._conn is not None
+        return bool(self._conns)
+
+    def channel(self, topic: str) -> bytes:
+        """The Redis channel of ``topic``: ``<prefix><topic>``; in a cluster
+        ``<prefix>{<topic>}``, in the slot of the stream ``topic`` (the store's keys have the
+        same hash tag, so its append script can ``SPUBLISH`` there)."""
+        if self._sharded:
+            return self._prefix + b"{" + topic.encode() + b"}"
+        return self._prefix + topic.encode()
+
+    def _topic(self, channel: bytes) -> str:
+        if self._sharded:
+            return channel[len(self._prefix) + 1 : -1].decode(errors="replace")
+        return channel[len(self._prefix) :].decode(errors="replace")
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -127,15 +169,16 @@ class RedisBroker:
         self._handler = handler
         self._on_resync = on_resync
         self._closed = False
+        self._reconnecting = False
         self._client = connect_redis(self.url, timeout=self._timeout, name="wshub-broker")
         try:
-            conn = await self._connect()
+            conns = await self._connect()
         except BaseException:
             await self._client.aclose()
             self._client = None
             raise
         self._batcher = Batcher(self._client, self.where)
-        self._reader = asyncio.create_task(self._run(conn), name="wshub-redis-broker")
+        self._reader = asyncio.create_task(self._run(conns), name="wshub-redis-broker")
         self._writer = asyncio.create_task(self._write_forever(), name="wshub-redis-subscriber")
 
     async def close(self) -> None:
@@ -167,7 +210,7 @@ class RedisBroker:
         together in the next one, in call order (see :class:`Batcher`), so order holds."""
         if self._closed or self._batcher is None:
             raise BackendUnavailable(f"{self.where}: the broker is not running")
-        await self._batcher.run("PUBLISH", self._prefix + topic.encode(), self._tag + data)
+        await self._batcher.run(self._publish_command, self.channel(topic), self._tag + data)
 
     async def subscribe(self, topic: str) -> None:
         """Receive ``topic`` from now on: returns once Redis confirmed the subscription (or after
@@ -195,74 +238,165 @@ class RedisBroker:
         loop = asyncio.get_running_loop()
         while True:
             topic, done = await self._requests.get()
-            channel = self._prefix + topic.encode()
+            channel = self.channel(topic)
             async with self._lock:
-                conn, wanted = self._conn, topic in self._topics
+                conn, wanted = await self._subscriber_of(channel), topic in self._topics
                 if conn is not None:
                     if wanted and done is not None:
                         self._confirmations.setdefault(channel, deque()).append(done)
                         loop.call_later(self._timeout, settle, done)  # never wait forever
+                    if not wanted and self._sharded:
+                        self._unsubscribing[channel] = self._unsubscribing.get(channel, 0) + 1
+                    command = self._subscribe_command if wanted else self._unsubscribe_command
                     # on failure the reader notices too, and reconnection subscribes again
                     with contextlib.suppress(*REDIS_DOWN):
-                        await conn.send_command("SUBSCRIBE" if wanted else "UNSUBSCRIBE", channel)
+                        await conn.send_command(command, channel)
             if done is not None and (conn is None or not wanted):
                 settle(done)
 
-    # -- the subscriber connection -------------------------------------------------------------
+    # -- the subscriber connection(s) ---------------------------------------------------------
 
-    async def _connect(self) -> AbstractConnection:
-        """Open a subscriber connection and subscribe to every wanted topic (confirmed)."""
-        assert self._client is not None
-        pool = self._client.connection_pool
-        conn = pool.connection_class(**pool.connection_kwargs)
+    async def _subscriber_of(self, channel: bytes) -> AbstractConnection | None:
+        """The subscriber connection of the shard owning ``channel`` (None while there is none).
+        In a cluster, a channel whose owner has no connection means the slots moved: every
+        connection is dropped, and reconnection subscribes again where the slots are now."""
+        if not self._sharded or not self._conns:
+            return self._conns.get("")
+        assert isinstance(self._client, RedisCluster)
+        try:
+            node = self._client.get_node_from_key(channel)  # type: ignore[arg-type]
+        except Exception:  # the slot has no owner just now
+            node = None
+        conn = self._conns.get(node.name) if node is not None else None
+        if conn is None:
+            logger.warning("%s: the cluster's slots moved; subscribing again", self.where)
+            for other in self._conns.values():  # their readers fail, and _run reconnects
+                await other.disconnect(nowait=True)
+        return conn
+
+    async def _connect(self) -> dict[str, AbstractConnection]:
+        """Open the subscriber connection(s) and subscribe to every wanted topic (confirmed)."""
+        if self._sharded:
+            return await self._connect_shards()
+        assert self._client is not None and not isinstance(self._client, RedisCluster)
+        pool = self._client.connection_pool  # Sentinel: a connection that asks for the master
+        conn: AbstractConnection = pool.connection_class(**pool.connection_kwargs)
         try:
             with redis_errors(self.where):
                 await conn.connect()  # type: ignore[no-untyped-call]  # untyped in redis-py
                 async with self._lock:
-                    channels = sorted(self._prefix + t.encode() for t in self._topics)
+                    channels = sorted(self.channel(t) for t in self._topics)
                     for i in range(0, len(channels), _SUBSCRIBE_BATCH):
                         batch = channels[i : i + _SUBSCRIBE_BATCH]
                         await conn.send_command("SUBSCRIBE", *batch)
-                        for _ in batch:  # nothing else is sent on it before these replies
-                            reply = await conn.read_response(
-                                disconnect_on_error=False, push_request=True
-                            )
-                            if not (isinstance(reply, list) and reply[:1] == [b"subscribe"]):
-                                raise RedisConnectionError(f"unexpected reply {reply!r}")
-                    self._conn = conn
+                        await self._confirm(conn, len(batch))
+                    self._conns = {"": conn}
         except BaseException:
             await conn.disconnect(nowait=True)
             raise
-        return conn
+        return {"": conn}
 
-    async def _run(self, conn: AbstractConnection) -> None:
-        """Read the subscriber connection; when it breaks, reconnect until it works again."""
+    async def _connect_shards(self) -> dict[str, AbstractConnection]:
+        """Cluster: read the slots, open one subscriber connection per master, and
+        ``SSUBSCRIBE`` each wanted channel on its shard (one channel per command: a command's
+        channels must share a slot)."""
+        client = self._client
+        assert isinstance(client, RedisCluster)
+        conns: dict[str, AbstractConnection] = {}
+        try:
+            with redis_errors(self.where):
+                try:
+                    await client.initialize()  # once: aclose() then closes every node
+                    if self._reconnecting:
+                        await client.nodes_manager.initialize()  # the slots as they are now
+                    for node in client.get_primaries():
+                        new: AbstractConnection = node.connection_class(**node.connection_kwargs)
+                        conns[node.name] = new
+                        await new.connect()  # type: ignore[no-untyped-call]
+                    async with self._lock:
+                        groups: dict[str, list[bytes]] = {}
+                        for topic in sorted(self._topics):
+                            channel = self.channel(topic)
+                            owner = client.get_node_from_key(channel)  # type: ignore[arg-type]
+                            if owner is None:
+                                raise KeyError(channel)
+                            groups.setdefault(owner.name, []).append(channel)
+                        for name, channels in groups.items():
+                            shard = conns[name]
+                            for i in range(0, len(channels), _SUBSCRIBE_BATCH):
+                                batch = channels[i : i + _SUBSCRIBE_BATCH]
+                                commands = [(b"SSUBSCRIBE", c) for c in batch]
+                                await shard.send_packed_command(shard.pack_commands(commands))
+                                await self._confirm(shard, len(batch))
+                        self._unsubscribing.clear()
+                        self._conns = conns
+                except (ResponseError, KeyError) as exc:  # MOVED, CLUSTERDOWN: slots moving
+                    raise RedisConnectionError(f"the cluster's slots are moving: {exc}") from exc
+        except BaseException:
+            for conn in conns.values():
+                await conn.disconnect(nowait=True)
+            raise
+        return conns
+
+    async def _confirm(self, conn: AbstractConnection, count: int) -> None:
+        """Read the confirmations of ``count`` channels just (S)SUBSCRIBEd: nothing else is sent
+        on the connection before them."""
+        for _ in range(count):
+            reply = await conn.read_response(disconnect_on_error=False, push_request=True)
+            if not (isinstance(reply, list) and reply[:1] == [self._subscribed_kind]):
+                raise RedisConnectionError(f"unexpected reply {reply!r}")
+
+    async def _run(self, conns: dict[str, AbstractConnection]) -> None:
+        """Read the subscriber connection(s); when one breaks, reconnect until it works again."""
         while True:
             try:
-                await self._read(conn)
+                await self._read_all(conns)
             except REDIS_DOWN as exc:
                 logger.warning("%s: subscriber connection lost (%s); reconnecting", self.where, exc)
+            except ResponseError as exc:  # a cluster answering MOVED: its slots moved
+                logger.warning("%s: %s; subscribing again", self.where, exc)
             except Exception:
                 logger.exception("%s: subscriber connection failed; reconnecting", self.where)
             finally:
-                self._conn = None  # a (UN)SUBSCRIBE being sent on it fails, and is redone
+                self._conns = {}  # a (UN)SUBSCRIBE being sent on it fails, and is redone
                 self._settle_confirmations()
-                await conn.disconnect(nowait=True)
-            conn = await self._reconnect()
+                for conn in conns.values():
+                    await conn.disconnect(nowait=True)
+            conns = await self._reconnect()
             if self._on_resync is not None:  # what was published meanwhile never arrived
                 try:
                     self._on_resync()
                 except Exception:
                     logger.exception("%s: resync after reconnection failed", self.where)
 
-    async def _reconnect(self) -> AbstractConnection:
+    async def _read_all(self, conns: dict[str, AbstractConnection]) -> None:
+        """Read every connection until one of them fails (with its error)."""
+        if len(conns) == 1:
+            (conn,) = conns.values()
+            await self._read(conn)
+            return
+        readers = [asyncio.ensure_future(self._read(conn)) for conn in conns.values()]
+        try:
+            done, _ = await asyncio.wait(readers, return_when=asyncio.FIRST_COMPLETED)
+            errors = [t.exception() for t in done if not t.cancelled()]
+            for error in errors:
+                if error is not None:
+                    raise error
+            raise RedisConnectionError("a subscriber connection ended")
+        finally:
+            for reader in readers:
+                if not reader.done():
+                    await stop_task(reader)
+
+    async def _reconnect(self) -> dict[str, AbstractConnection]:
         self._backoff.reset()
+        self._reconnecting = True
         attempts = 0
         while True:
             await asyncio.sleep(self._backoff.delay())
             attempts += 1
             try:
-                conn = await self._connect()
+                conns = await self._connect()
             except BackendUnavailable as exc:
                 log = logger.warning if attempts % 20 == 1 else logger.debug
                 log("%s: reconnection attempt %d failed: %s", self.where, attempts, exc)
@@ -273,7 +407,7 @@ class RedisBroker:
                 attempts,
                 len(self._topics),
             )
-            return conn
+            return conns
 
     async def _read(self, conn: AbstractConnection) -> None:
         pinged = False
@@ -291,9 +425,9 @@ class RedisBroker:
                 continue
             pinged = False
             kind = reply[0]
-            if kind == b"message":
+            if kind == self._message_kind:
                 self._deliver(reply[1], reply[2])
-            elif kind == b"subscribe":
+            elif kind == self._subscribed_kind:
                 waiting = self._confirmations.get(reply[1])
                 if waiting:
                     future = waiting.popleft()
@@ -301,11 +435,26 @@ class RedisBroker:
                         future.set_result(None)
                     if not waiting:
                         del self._confirmations[reply[1]]
+            elif kind == b"sunsubscribe":
+                self._unsubscribed(reply[1])
+
+    def _unsubscribed(self, channel: bytes) -> None:
+        """Cluster: a ``sunsubscribe`` that no SUNSUBSCRIBE of ours asked for is Redis saying
+        that the channel's slot moved to another shard: subscribe again where it is now."""
+        pending = self._unsubscribing.get(channel, 0)
+        if pending > 0:
+            if pending == 1:
+                del self._unsubscribing[channel]
+            else:
+                self._unsubscribing[channel] = pending - 1
+            return
+        if self._topic(channel) in self._topics:
+            raise RedisConnectionError(f"the slot of {channel!r} moved to another shard")
 
     def _deliver(self, channel: bytes, payload: bytes) -> None:
         if payload[:_NODE_ID_LEN] == self._tag or self._handler is None:
             return  # our own publication: delivered locally already
-        topic = channel[len(self._prefix) :].decode(errors="replace")
+        topic = self._topic(channel)
         if topic not in self._topics:
             return  # unsubscribed while the message was on its way
         try:

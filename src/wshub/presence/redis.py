@@ -24,6 +24,12 @@ up (it was cut off for longer than ``node_ttl``, or Redis lost its data) or a wr
 Redis was unreachable, it writes its entries again, replacing what Redis held for it: presence
 heals itself after an outage. No ``presence_join`` / ``presence_leave`` events are sent for what
 changes that way.
+
+In a Redis Cluster (``redis+cluster://``) every presence key is in the one slot of the tag
+``{<prefix>:presence}``: the scripts stay atomic, and online status and presence channels are
+cluster-wide because every node of the hub reads and writes that slot, whichever shard holds the
+streams. Behind Sentinel (``redis+sentinel://``) the connections follow the master; what a
+failover lost (asynchronous replication) is written again by the healing above.
 """
 
 from __future__ import annotations
@@ -34,11 +40,11 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
-from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from ..errors import BackendUnavailable
 from ..redis_support import (
+    AnyRedis,
     Backoff,
     Batcher,
     check_prefix,
@@ -224,7 +230,7 @@ class RedisPresence:
         self._base = f"{{{check_prefix(prefix)}:presence}}:"
         self._ttl_ms = max(1, int(node_ttl * 1000))
         self._timeout = timeout
-        self._client: Redis | None = None
+        self._client: AnyRedis | None = None
         self._batcher: Batcher | None = None
         self._scripts: dict[str, AsyncScript] = {}
         # This node's entries, as written to Redis: what a resync writes again.

@@ -21,7 +21,14 @@ to know that they cannot resume. Messages whose hash is gone are deleted at that
 
 Durability is Redis's: with ``appendonly yes`` and ``appendfsync always`` an acknowledged append
 survives a crash of Redis; with ``everysec`` up to a second can be lost. Redis must not evict
-these keys (``maxmemory-policy noeviction``).
+these keys (``maxmemory-policy noeviction``). Replication is asynchronous: with ``min_replicas``
+(``WS_REDIS_MIN_REPLICAS``) every round trip ends with ``WAIT``, and its calls are acknowledged
+only once that many replicas have them, so a failover cannot lose them.
+
+The same code runs on one Redis, on the master Sentinel names (``redis+sentinel://``), and on a
+Redis Cluster (``redis+cluster://``): there each script touches one stream's slot, and an append
+that publishes uses ``SPUBLISH`` on a channel with the stream's hash tag (``wshub:{c:news}``), so
+the publication is routed by the shard that holds the stream (see :mod:`wshub.brokers.redis`).
 """
 
 from __future__ import annotations
@@ -32,12 +39,20 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from ..errors import BackendUnavailable
 from ..interfaces import Append, Broker, Retention
-from ..redis_support import Batcher, check_prefix, connect_redis, describe, ping, redis_errors
+from ..redis_support import (
+    AnyRedis,
+    Batcher,
+    check_prefix,
+    connect_redis,
+    describe,
+    ping,
+    redis_errors,
+    redis_kind,
+)
 from ..types import StoredMessage, StreamPosition
 
 __all__ = ["RedisStore"]
@@ -71,7 +86,8 @@ end
 """
 
 # ARGV[3] = item, [4] = size (-1: no limit), [5] = now (ms), [6] = ttl (ms, -1: none),
-# [7] = the broker channel to publish on ('' for none), [8] = the publishing node's broker tag.
+# [7] = the broker channel to publish on ('' for none), [8] = the publishing node's broker tag,
+# [9] = PUBLISH, or SPUBLISH in a cluster (the channel has the stream's hash tag: same slot).
 # The published message is <tag><offset>:<data> (wshub.core.streams.pack behind the tag).
 _APPEND = (
     _PRELUDE
@@ -95,7 +111,7 @@ else
 end
 if ARGV[7] ~= '' then  -- publish with the offset in the same step: nodes get offset order
   local bar = string.find(ARGV[3], '|', 1, true)
-  redis.call('PUBLISH', ARGV[7], ARGV[8] .. top .. ':' .. string.sub(ARGV[3], bar + 1))
+  redis.call(ARGV[9], ARGV[7], ARGV[8] .. top .. ':' .. string.sub(ARGV[3], bar + 1))
 end
 return {top, epoch}
 """
@@ -153,7 +169,8 @@ class RedisStore:
     """Streams, history and delivery cursors in Redis (see the module docstring).
 
     ``prefix`` starts every key; ``timeout`` bounds each Redis call (seconds); ``clock`` gives
-    the time that retention by age is measured with.
+    the time that retention by age is measured with; ``min_replicas`` > 0 acknowledges a call
+    only once that many replicas have it (``WAIT``; not in a cluster).
     """
 
     def __init__(
@@ -164,18 +181,29 @@ class RedisStore:
         timeout: float = 1.5,
         unwritten_ttl: float = 86400.0,
         clock: Callable[[], float] = time.time,
+        min_replicas: int = 0,
     ) -> None:
         self.url = url
+        self.kind = redis_kind(url)
+        if min_replicas and self.kind == "cluster":
+            raise ValueError(
+                "WS_REDIS_MIN_REPLICAS is not supported with redis+cluster:// (a pipeline spans "
+                "shards, and WAIT covers one connection)"
+            )
+        if min_replicas < 0:
+            raise ValueError("min_replicas must be 0 or more")
+        self.min_replicas = min_replicas
         self.prefix = check_prefix(prefix)
         self.where = f"Redis store at {describe(url)}"
         self._timeout = timeout
         self._unwritten_ttl_ms = int(unwritten_ttl * 1000)
         self._clock = clock
-        self._client: Redis | None = None
+        self._client: AnyRedis | None = None
         self._batcher: Batcher | None = None
         self._scripts: dict[str, AsyncScript] = {}
         # (broker channel prefix, node tag) when appends publish too (see publish_with).
         self._publish: tuple[bytes, bytes] | None = None
+        self._publish_command = b"SPUBLISH" if self.kind == "cluster" else b"PUBLISH"
 
     def keys(self, stream: str) -> tuple[str, str]:
         """The stream's hash and list keys."""
@@ -196,7 +224,12 @@ class RedisStore:
             await client.aclose()
             raise
         self._client = client
-        self._batcher = Batcher(client, self.where)
+        self._batcher = Batcher(
+            client,
+            self.where,
+            min_replicas=self.min_replicas,
+            replica_timeout=self._timeout * 2 / 3,
+        )
         sources = {"append": _APPEND, "read": _READ, "position": _POSITION, "advance": _ADVANCE}
         self._scripts = {name: client.register_script(src) for name, src in sources.items()}
 
@@ -221,7 +254,8 @@ class RedisStore:
         return result
 
     def publish_with(self, broker: Broker) -> bool:
-        """Yes for a :class:`RedisBroker` on the same Redis: the append script publishes."""
+        """Yes for a :class:`RedisBroker` on the same Redis: the append script publishes (on the
+        broker's channel of the topic, :meth:`RedisBroker.channel`)."""
         from ..brokers.redis import RedisBroker
 
         if not isinstance(broker, RedisBroker) or broker.url != self.url:
@@ -245,9 +279,13 @@ class RedisStore:
             expires = b"" if ttl is None else b"%d" % int((now + ttl) * 1000)
             size = -1 if a.retention.size is None else a.retention.size
             ttl_ms = -1 if ttl is None else max(1, int(ttl * 1000))
-            channel = prefix + a.topic.encode() if a.topic is not None and prefix else b""
+            channel = b""
+            if a.topic is not None and prefix:
+                channel = prefix + a.topic.encode()
+                if self.kind == "cluster":  # the same hash tag as the stream's keys
+                    channel = prefix + b"{" + a.topic.encode() + b"}"
             args = [uuid.uuid4().hex[:12], self._unwritten_ttl_ms, expires + b"|" + a.data]
-            args += [size, now_ms, ttl_ms, channel, tag]
+            args += [size, now_ms, ttl_ms, channel, tag, self._publish_command]
             futures.append(batcher.script_nowait(script, self.keys(a.stream), args))
         for stream, offset in (cursors or {}).items():
             meta, _ = self.keys(stream)
