@@ -65,7 +65,7 @@ class ASGIConnection:
         itself: the writer is asleep then."""
         if self.outbox.held:
             await self.send_held()
-        elif self.outbox.pending_bytes > below:
+        elif self.outbox.pending_bytes > below or len(self.outbox):
             await self.outbox.drained()
 
     def close(self, code: int = 1000, reason: str = "", *, drain: bool = True) -> None:

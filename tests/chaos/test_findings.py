@@ -1,5 +1,5 @@
-"""What the fault checker found, as deterministic reproductions (strict xfail: once the server is
-fixed these pass, and the marker must go).
+"""What the fault checker found, as deterministic reproductions that failed before the fixes (a
+failed authenticate unbinds the connection; the SDK retries a transient re-subscribe error).
 
 Found by ``.venv/bin/python -m tools.chaos --scenario redis-burst --seed 21`` (and now and then
 by the long ``redis`` scenario): right after a Redis kill, a connection whose ``authenticate``
@@ -14,8 +14,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import pytest
-
 from wshub.client import Client, ConnectionState, ReconnectPolicy, StateChange
 from wshub.errors import BackendUnavailable
 from wshub.testing import run_server
@@ -23,11 +21,6 @@ from wshub.testing import run_server
 from ..conftest import make_settings
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a failed authenticate leaves the connection bound to the user (hub.authenticate_"
-    "session keeps session.principal and the users entry when _catch_up_user raises)",
-)
 async def test_a_failed_authenticate_binds_nothing() -> None:
     async with run_server(make_settings()) as server:
         hub = server.hub
@@ -59,11 +52,6 @@ async def test_a_failed_authenticate_binds_nothing() -> None:
             assert note["offset"] == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the SDK ends a subscription whose re-subscribe after a reconnect got a transient "
-    "internal_error (client._resubscribe treats every ServerError as a refusal)",
-)
 async def test_a_transient_error_while_resubscribing_keeps_the_subscription() -> None:
     """Found by ``.venv/bin/python -m tools.chaos --short --seed 5``: an SDK subscriber whose
     node was killed reconnected while Redis was down; ``re-subscribing to 'chaos-2' failed:

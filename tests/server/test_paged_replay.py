@@ -79,3 +79,20 @@ async def test_a_message_no_connection_can_carry_is_refused_and_never_stored(
             await eve.expect("welcome")
             await eve.expect("authenticated")
             assert (await eve.expect("notification"))["payload"]["message"] == "hi"
+
+
+@pytest.mark.timeout(60)
+async def test_a_backlog_of_more_messages_than_the_outbox_holds_is_replayed_whole(
+    server_factory: ServerFactory,
+) -> None:
+    """The outbox is bounded by count too (WS_OUTBOX_MAX_MESSAGES): small messages, many more
+    than it holds, used to close the resume with 1013 before ``subscribed``, every time."""
+    async with server_factory(outbox_max_messages=50, history_size=1000) as server:
+        for n in range(1, 301):
+            await server.hub.publish("tiny", n)
+        async with server.connect() as client:
+            await client.expect("welcome")
+            reply = await client.request("subscribe", {"channel": "tiny", "since": 0})
+            assert reply["type"] == "subscribed"
+            got = [(await client.expect("message"))["payload"]["offset"] for _ in range(300)]
+            assert got == list(range(1, 301))

@@ -57,6 +57,9 @@ TokenProvider = Callable[[], str | Awaitable[str]]
 
 # Errors after which another attempt may succeed; any other ClientError (a refused token, a
 # refused handshake) would only repeat.
+#: Error codes that say "not now" rather than "no": retried, not taken as a refusal.
+_TRANSIENT = frozenset({"internal_error", "rate_limited", "unavailable"})
+
 _RETRYABLE = (
     OSError,
     TimeoutError,
@@ -425,6 +428,12 @@ class Client:
             return_exceptions=True,
         )
         for sub, result in zip(subs, results, strict=True):
+            if isinstance(result, ServerError) and result.code in _TRANSIENT:
+                # The server could not do it now (its store restarting): the connection is not
+                # usable yet; the reconnect loop tries again, resuming every subscription.
+                raise ConnectionLostError(
+                    f"re-subscribing to {sub.channel!r} failed for now: {result}"
+                ) from result
             if isinstance(result, ServerError):
                 # Refused now (a token without the claim, a changed policy): end this one only.
                 logger.warning("re-subscribing to %r failed: %s", sub.channel, result)

@@ -613,7 +613,9 @@ class Hub:
                 "heartbeatInterval": self.settings.heartbeat_interval,
                 "serverTime": now_ms(),
                 "protocol": 1,
-                "features": list(FEATURES),
+                "features": [*FEATURES, "deflate"]
+                if self.settings.compression == "deflate"
+                else list(FEATURES),
             },
         )
         if principal is not None:
@@ -646,16 +648,7 @@ class Hub:
             self._leave_channel(session, channel)
         uid = session.user_id
         if uid is not None:
-            key = user_stream(uid)
-            self.table.drop(session, key)
-            users = self._users.get(uid)
-            if users is not None:
-                users.discard(session)
-                if not users:
-                    del self._users[uid]
-                    self._topic_op(key.topic, self.broker.unsubscribe)
-                    self.table.close(key)
-            self._spawn(self.presence_registry.disconnect(uid, session.id))
+            self._unbind_user(session, uid)
         self.stats.connections_closed += 1
         session.log.debug("disconnected")
         if not self.sessions:
@@ -703,18 +696,39 @@ class Hub:
         try:
             await self._topic_ready(key.topic)
             await self.presence_registry.connect(uid, session.id)
-        except BaseException:
-            self.table.drop(session, key)
-            raise
-        if not session.open:
-            # close_session ran during the awaits; its disconnect may have gone first
-            self._spawn(self.presence_registry.disconnect(uid, session.id))
-            return
-        try:
+            if not session.open:
+                # close_session ran during the awaits; its disconnect may have gone first
+                self._spawn(self.presence_registry.disconnect(uid, session.id))
+                return
             await self._catch_up_user(session, uid, since, epoch, msg_id)
-        finally:  # armed after the reply, so token_expiring never comes before authenticated
+        except BaseException:
             if session.open and session.principal is principal:
-                self.deadlines.arm(session, principal.expires_at)
+                # Told it failed, the client is not the user's live connection: it must not
+                # receive the user's messages, nor count as "delivered" to, nor move the cursor.
+                self._unbind_user(session, uid)
+                session.principal = None
+                if self.settings.require_auth:
+                    session.arm_auth_deadline(
+                        self.settings.auth_timeout / 1000, self._auth_deadline
+                    )
+            raise
+        # armed after the reply, so token_expiring never comes before authenticated
+        if session.open and session.principal is principal:
+            self.deadlines.arm(session, principal.expires_at)
+
+    def _unbind_user(self, session: Session, uid: UserId) -> None:
+        """``session`` is no longer one of the user's connections here (closed, or its
+        authentication failed half-way): out of the user's table, stream and presence."""
+        key = user_stream(uid)
+        self.table.drop(session, key)
+        users = self._users.get(uid)
+        if users is not None:
+            users.discard(session)
+            if not users:
+                del self._users[uid]
+                self._topic_op(key.topic, self.broker.unsubscribe)
+                self.table.close(key)
+        self._spawn(self.presence_registry.disconnect(uid, session.id))
 
     async def _refresh(
         self,
@@ -846,28 +860,35 @@ class Hub:
         cursor: bool,
     ) -> bool:
         """Send a catch-up's stored messages (read ``REPLAY_PAGE`` at a time) as the client
-        takes them: after each quarter of ``WS_OUTBOX_MAX_BYTES`` queued, wait until its queue
-        is back under that (a backlog larger than the outbox would otherwise close it as a slow
-        consumer on every resume, for ever). Then what arrived live meanwhile, which waits, at
+        takes them: after each quarter of ``WS_OUTBOX_MAX_BYTES`` (or of
+        ``WS_OUTBOX_MAX_MESSAGES``) queued, wait until its queue is back under that (a backlog
+        larger than the outbox would otherwise close it as a slow consumer on every resume,
+        for ever). Then what arrived live meanwhile, which waits, at
         most ``WS_OUTBOX_MAX_MESSAGES`` frames: a client that cannot keep up is closed with
         1013 and resumes from where it got. ``cursor``: the user's delivery cursor follows.
         Returns False when the session went away."""
         drained = getattr(session.conn, "drained", None)
         budget = self.settings.outbox_max_bytes // 4
-        sent = queued = 0
+        frames_budget = max(1, self.settings.outbox_max_messages // 4)
+        sent = queued = frames = 0
         while True:
             for m in messages:
                 frame = Frame(key.frame_data(m.data, m.offset))
-                if drained is not None and queued and queued + len(frame.data) > budget:
+                if (
+                    drained is not None
+                    and queued
+                    and (queued + len(frame.data) > budget or frames >= frames_budget)
+                ):
                     if cursor:
                         self.commits.advance_cursor(key.topic, sent)
                     await drained(budget)
                     if not self._replay_goes_on(session, key):
                         return False
-                    queued = 0
+                    queued = frames = 0
                 session.send_frame(frame)
                 sent = m.offset
                 queued += len(frame.data)
+                frames += 1
             if len(messages) < REPLAY_PAGE:
                 break
             try:

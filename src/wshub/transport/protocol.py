@@ -13,8 +13,11 @@ implementation, so the rest of an app keeps plain ASGI. Use it::
     uvicorn app:app --ws wshub.native:HubProtocol       # an app with WebSocketApp(hub) mounted
 
 The opening handshake is parsed and answered by the ``websockets`` sans-I/O protocol. After it,
-frames are parsed by :mod:`wshub.transport.frames`: RFC 6455 for a server without extensions,
-with the message size checked from the frame header, before the payload is buffered. What the
+frames are parsed by :mod:`wshub.transport.frames`: RFC 6455, with the message size checked from
+the frame header, before the payload is buffered. With ``WS_COMPRESSION=deflate`` a client that
+offers permessage-deflate gets it without context takeover (:mod:`wshub.transport.deflate`): its
+connection is sent each frame's :meth:`Frame.wire_deflate`, compressed once for every such
+subscriber, and its compressed messages are inflated within the size limit. What the
 connections of a hub share (one flush per loop turn, the heartbeat) is their
 :class:`~wshub.transport.server.NativeServer`. A client's
 messages are handled one at a time and in order; a message whose handler completes without
@@ -37,10 +40,11 @@ from websockets.server import ServerProtocol
 from ..core.hub import Hub
 from ..core.session import Session
 from ..errors import AuthFailed
-from ..framing import OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, close_frame, frame
+from ..framing import OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, RSV1, close_frame, frame
 from ..handshake import handshake_token, origin_allowed
 from ..protocol import CloseCode, Frame, FrameBatch
 from ..types import Principal
+from .deflate import inflate, negotiate
 from .frames import (
     FRAGMENT_OVERHEAD,
     OP_CONT,
@@ -79,6 +83,9 @@ CLOSE_TIMEOUT = 5.0
 SLOW_CLOSE_TIMEOUT = 30.0
 
 _CONNECTING, _OPEN, _CLOSING, _CLOSED = range(4)
+#: The opcodes ``parse_frames`` returns for the first frame of a compressed message.
+_DEFLATED_TEXT = RSV1 | OP_TEXT
+_DEFLATED_BINARY = RSV1 | OP_BINARY
 
 
 def register(hub: Hub, path: str | None = None) -> NativeServer:
@@ -126,6 +133,7 @@ class HubProtocol(asyncio.Protocol):
         self._fragments: bytearray | None = None
         self._fragment_opcode = 0
         self._fragment_count = 0
+        self._fragment_deflated = False  # the message in progress is compressed
         self._charged = 0  # the message in progress: its bytes + FRAGMENT_OVERHEAD a fragment
         self._busy: asyncio.Future[None] | None = None
         self._nowait: Callable[[str], Coroutine[Any, Any, None] | None] = _nothing
@@ -143,6 +151,9 @@ class HubProtocol(asyncio.Protocol):
         self._drain_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._eof_sent = False
         self.awaiting_pong = False
+        # permessage-deflate: negotiated, and the size under which frames go uncompressed
+        self._deflate = False
+        self._min_size = 0
 
     # -- asyncio.Protocol --------------------------------------------------------------------
 
@@ -228,6 +239,24 @@ class HubProtocol(asyncio.Protocol):
             return True
         return self._queue(wire)
 
+    def _send_deflate(self, frame: Frame) -> bool:
+        """``send`` of a connection that negotiated permessage-deflate."""
+        if self._state != _OPEN:
+            return True
+        return self._queue(frame.wire_deflate(self._min_size))
+
+    def _send_batch_deflate(self, batch: FrameBatch) -> bool:
+        """``send_batch`` of a connection that negotiated permessage-deflate."""
+        if self._state != _OPEN:
+            return True
+        wire = batch.wire_deflate(self._min_size)
+        if not self._out and not self._paused and self.transport is not None:
+            if len(wire) > self._max_bytes:
+                return False
+            self.transport.write(wire)
+            return True
+        return self._queue(wire)
+
     @property
     def pending_bytes(self) -> int:
         """Bytes queued for this client: not yet flushed, plus the transport's own buffer."""
@@ -237,7 +266,7 @@ class HubProtocol(asyncio.Protocol):
     def drained(self, below: int) -> asyncio.Future[None]:
         """Resolves once at most ``below`` bytes wait for this client (or it is gone)."""
         future: asyncio.Future[None] = self._loop.create_future()
-        if self._state != _OPEN or self.pending_bytes <= below:
+        if self._state != _OPEN or (not self._out and self.pending_bytes <= below):
             future.set_result(None)
         else:
             self._drain_waiters.append((below, future))
@@ -353,6 +382,11 @@ class HubProtocol(asyncio.Protocol):
         response = ws.reject(status, reason) if status else ws.accept(request)
         if status:
             response.headers["Content-Type"] = "text/plain; charset=utf-8"
+        elif hub.settings.compression == "deflate":
+            accepted = negotiate(request.headers.get_all("Sec-WebSocket-Extensions"))
+            if accepted is not None:
+                response.headers["Sec-WebSocket-Extensions"] = accepted
+                self._use_deflate(hub.settings.compression_min_size)
         ws.send_response(response)
         if ws.handshake_exc is not None or status:
             self._write_handshake_output(close=True)
@@ -377,6 +411,15 @@ class HubProtocol(asyncio.Protocol):
         if early and self._state != _CLOSED:
             self._receive(early)
 
+    def _use_deflate(self, min_size: int) -> None:
+        """permessage-deflate from now on: RSV1 is read, and frames of ``min_size`` bytes and
+        more are sent compressed. The methods are swapped on this connection alone, so one
+        without compression does no extra work per frame."""
+        self._deflate = True
+        self._min_size = min_size
+        self.send = self._send_deflate  # type: ignore[method-assign]
+        self.send_batch = self._send_batch_deflate  # type: ignore[method-assign]
+
     def _write_handshake_output(self, *, close: bool) -> None:
         ws, transport = self._handshake_ws, self.transport
         assert ws is not None and transport is not None
@@ -395,7 +438,7 @@ class HubProtocol(asyncio.Protocol):
             data = bytes(self._buf)
         try:
             charged = self._charged if self._fragments is not None else 0
-            frames, used = parse_frames(data, self._max_size, charged)
+            frames, used = parse_frames(data, self._max_size, charged, self._deflate)
         except ProtocolViolation as exc:
             self._buf = bytearray()
             self._dispatch_frames(exc.frames)
@@ -451,7 +494,11 @@ class HubProtocol(asyncio.Protocol):
                     return
             if fin:
                 self._fragments = None
-                self._message(self._fragment_opcode, bytes(fragments))
+                data = bytes(fragments)
+                if self._fragment_deflated:
+                    self._fragment_deflated = False
+                    data = inflate(data, self._max_size)
+                self._message(self._fragment_opcode, data)
         elif opcode == OP_PING:
             # Queued like any frame: a client that pings but never reads overflows its outbound
             # limit (1013) instead of growing a queue of pongs.
@@ -465,6 +512,24 @@ class HubProtocol(asyncio.Protocol):
             self._charge()
         elif opcode == OP_CLOSE:
             self._peer_closed(payload)
+        elif opcode in (_DEFLATED_TEXT, _DEFLATED_BINARY):
+            # RSV1 (only ever parsed with permessage-deflate negotiated): a compressed message,
+            # inflated once complete, within the size limit.
+            if self._fragments is not None:
+                raise ProtocolViolation(CloseCode.PROTOCOL_ERROR, "expected a continuation frame")
+            opcode &= 0x0F
+            if fin:
+                self._message(opcode, inflate(payload, self._max_size))
+            else:
+                self._fragments = bytearray(payload)
+                self._fragment_opcode = opcode
+                self._fragment_count = 1
+                self._fragment_deflated = True
+                self._charged = len(payload)
+        elif opcode & RSV1:
+            raise ProtocolViolation(
+                CloseCode.PROTOCOL_ERROR, "RSV1 set on a control or continuation frame"
+            )
         else:
             raise ProtocolViolation(CloseCode.PROTOCOL_ERROR, f"reserved opcode {opcode}")
 
