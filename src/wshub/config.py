@@ -57,6 +57,10 @@ class Settings(BaseSettings):
     transport: Literal["native", "asgi"] = Field(
         "native", description="how `wshub serve` runs the endpoint"
     )
+    compression: Literal["off", "deflate"] = Field(
+        "off", description="permessage-deflate on the native transport"
+    )
+    compression_min_size: int = Field(512, ge=0, description="bytes below which frames go plain")
 
     # Authentication.
     jwt_secret: SecretStr | None = None

@@ -14,6 +14,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 from .errors import InvalidMessage
+from .framing import deflate_frame as _ws_deflate_frame
 from .framing import frame as _ws_frame
 from .types import JSON, JSONObject
 
@@ -107,14 +108,18 @@ class Frame:
     ``data`` is the UTF-8 JSON text. ``text`` (for ASGI servers) and ``wire`` (a complete RFC 6455
     frame, for transports written to directly) are computed on first use and cached, so a
     publication to a thousand subscribers is encoded once whichever transports they use.
+    :meth:`wire_deflate` is the same for subscribers that negotiated permessage-deflate: it is
+    compressed once, and only if one of them asks for it.
     """
 
-    __slots__ = ("_text", "_wire", "data")
+    __slots__ = ("_text", "_wire", "_wire_deflate", "data")
+    _wire_deflate: bytes
 
     def __init__(self, data: bytes) -> None:
         self.data = data
         self._text: str | None = None
         self._wire: bytes | None = None
+        # _wire_deflate stays unset until asked for: nothing more per frame without compression
 
     @property
     def text(self) -> str:
@@ -127,6 +132,18 @@ class Frame:
         if self._wire is None:
             self._wire = _ws_frame(self.data)
         return self._wire
+
+    def wire_deflate(self, min_size: int) -> bytes:
+        """The frame for a permessage-deflate receiver (negotiated without context takeover):
+        compressed on first use and cached, so every such subscriber gets the same bytes;
+        :attr:`wire` itself when ``data`` is shorter than ``min_size``."""
+        if len(self.data) < min_size:
+            return self.wire
+        try:
+            return self._wire_deflate
+        except AttributeError:
+            wire = self._wire_deflate = _ws_deflate_frame(self.data)
+            return wire
 
     def __len__(self) -> int:
         return len(self.data)
@@ -143,7 +160,8 @@ class FrameBatch:
     turn instead of one per frame.
     """
 
-    __slots__ = ("_nbytes", "_wire", "frames")
+    __slots__ = ("_deflate", "_nbytes", "_wire", "frames")
+    _deflate: tuple[int, bytes]
 
     def __init__(self, frames: list[Frame]) -> None:
         self.frames = frames
@@ -163,6 +181,23 @@ class FrameBatch:
             frames = self.frames
             self._wire = frames[0].wire if len(frames) == 1 else b"".join(f.wire for f in frames)
         return self._wire
+
+    def wire_deflate(self, min_size: int) -> bytes:
+        """:attr:`wire` for a permessage-deflate receiver: each frame's
+        :meth:`Frame.wire_deflate`, joined once per batch (cached with ``min_size``)."""
+        try:
+            size, wire = self._deflate
+            if size == min_size:
+                return wire
+        except AttributeError:
+            pass
+        frames = self.frames
+        if len(frames) == 1:
+            wire = frames[0].wire_deflate(min_size)
+        else:
+            wire = b"".join(f.wire_deflate(min_size) for f in frames)
+        self._deflate = (min_size, wire)
+        return wire
 
 
 def encode(

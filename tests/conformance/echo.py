@@ -8,7 +8,8 @@ the cases are about stays ``HubProtocol``'s own code: the handshake (the ``webso
 protocol), frame parsing and the size limit, fragments included (``wshub.transport.frames``),
 reassembly of fragments, UTF-8 validation of text messages, pings, pongs and the closing
 handshake, and the coalesced write path (text echoes go out through ``HubProtocol.send``, like
-every hub frame).
+every hub frame), and permessage-deflate (``WS_COMPRESSION=deflate`` with a minimum size of 0:
+every echo of a client that negotiated it is compressed, by ``Frame.wire_deflate``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from wshub.config import Settings
 from wshub.core.hub import Hub
 from wshub.core.session import Session
 from wshub.factory import create_broker, create_presence, create_store
-from wshub.framing import OP_BINARY, frame
+from wshub.framing import OP_BINARY, deflate_frame, frame
 from wshub.native import HubProtocol
 from wshub.protocol import CloseCode, Frame
 from wshub.testing import free_port, serve_asgi
@@ -76,7 +77,12 @@ class EchoProtocol(HubProtocol):
     ``error``); text goes through ``HubProtocol._message`` unchanged."""
 
     def _binary(self, data: bytes) -> None:
-        if not self._queue(frame(data, OP_BINARY)):
+        # Compressed like a hub frame would be (Frame.wire_deflate) when deflate is negotiated.
+        if self._deflate and len(data) >= self._min_size:
+            wire = deflate_frame(data, OP_BINARY)
+        else:
+            wire = frame(data, OP_BINARY)
+        if not self._queue(wire):
             self.close(CloseCode.TRY_AGAIN_LATER, "echo outbox full", drain=False)
 
 
@@ -92,6 +98,9 @@ def echo_settings(**overrides: Any) -> Settings:
         "heartbeat_interval": 3_600_000,
         "rate_limit": 1e9,
         "rate_burst": 1_000_000_000,
+        # permessage-deflate as HubProtocol negotiates it (12.x, 13.x), every echo compressed
+        "compression": "deflate",
+        "compression_min_size": 0,
     }
     base.update(overrides)
     return Settings(_env_file=None, **base)  # type: ignore[call-arg]

@@ -123,12 +123,14 @@ def _deflate_bomb(inflated: int) -> bytes:
 async def test_cve_2018_1000518_websockets_decompression_bomb(
     server_factory: ServerFactory,
 ) -> None:
-    """websockets < 5.0 inflated compressed messages without a size limit. wshub does not
-    negotiate permessage-deflate: the offer is ignored, and a compressed (RSV1) frame is a
-    protocol error (1002), never inflated."""
+    """websockets < 5.0 inflated compressed messages without a size limit. With compression off
+    (``WS_COMPRESSION=off``, the default; ``wshub serve`` never compresses on the ASGI endpoint)
+    permessage-deflate is not negotiated: the offer is ignored, and a compressed (RSV1) frame is
+    a protocol error (1002), never inflated. With it negotiated, the bound on inflating is
+    tests/test_compression.py's bomb test."""
     bomb = _deflate_bomb(60 << 20)  # 60 MiB of zeros in under 64 KiB
     assert len(bomb) < 65_536 - 1024
-    async with server_factory() as server:
+    async with server_factory(compression="off") as server:
         offer = [("Sec-WebSocket-Extensions", "permessage-deflate; client_max_window_bits")]
         request = handshake_request(server.host, server.port, headers=offer)
         response = await raw_handshake(server.host, server.port, request)

@@ -1,5 +1,6 @@
-"""RFC 6455 frames from a client, for a server without extensions: the native transport's one
-frame parser. Standard library and ``websockets``' C masking helper only; no I/O, no state.
+"""RFC 6455 frames from a client: the native transport's one frame parser, for a server
+without extensions or with permessage-deflate (RFC 7692: RSV1 marks a compressed message).
+Standard library and ``websockets``' C masking helper only; no I/O, no state.
 
 :func:`parse_frames` parses every complete frame of a read; :func:`small_text` recognises the
 common case (one whole small text frame, nothing else) so that the protocol can skip the
@@ -13,7 +14,7 @@ try:  # the C helper that ships with websockets; the pure-Python one otherwise
 except ImportError:  # pragma: no cover
     from websockets.utils import apply_mask
 
-from ..framing import OP_BINARY, OP_CLOSE, OP_TEXT
+from ..framing import OP_CLOSE
 from ..protocol import CloseCode
 
 __all__ = [
@@ -61,7 +62,7 @@ def small_text(data: bytes, max_size: int) -> bytes | None:
 
 
 def parse_frames(
-    data: bytes, max_size: int, charged: int = 0
+    data: bytes, max_size: int, charged: int = 0, deflate: bool = False
 ) -> tuple[list[tuple[int, bool, bytes]], int]:
     """Parse the complete client frames at the start of ``data``.
 
@@ -72,16 +73,23 @@ def parse_frames(
     plus :data:`FRAGMENT_OVERHEAD` per continuation frame) and its own overhead. Raises
     :class:`ProtocolViolation` for a frame that must fail the connection, with the frames parsed
     before it in ``args[1]``.
+
+    With ``deflate`` (permessage-deflate negotiated) RSV1 may be set: it stays in the opcode
+    returned (``RSV1 | OP_TEXT``...; a frame with it set is compressed); on a control or
+    continuation frame it is a protocol error (RFC 7692 6), which the caller raises, finding
+    an opcode it does not know (no extra test per frame here). The size limit applies to the
+    compressed bytes here; inflating bounds the rest (``deflate.inflate``).
     """
     frames: list[tuple[int, bool, bytes]] = []
     pos = 0
     end = len(data)
     pending = charged
+    reserved, opbits = (0x30, 0x4F) if deflate else (0x70, 0x0F)
     while end - pos >= 2:
         b0 = data[pos]
         b1 = data[pos + 1]
-        opcode = b0 & 0x0F
-        if b0 & 0x70:
+        opcode = b0 & opbits
+        if b0 & reserved:
             raise ProtocolViolation(CloseCode.PROTOCOL_ERROR, "reserved bits set", frames)
         if not b1 & 0x80:
             raise ProtocolViolation(CloseCode.PROTOCOL_ERROR, "client frame not masked", frames)
@@ -113,7 +121,7 @@ def parse_frames(
         frames.append((opcode, bool(b0 & 0x80), payload))
         if opcode == OP_CONT:
             pending += length + FRAGMENT_OVERHEAD
-        elif opcode in (OP_TEXT, OP_BINARY):
+        elif not opcode & 0x08:  # the first frame of a message (compressed or not)
             pending = length
         pos = stop
         if opcode == OP_CLOSE:
