@@ -2,7 +2,7 @@
 shared Redis.
 
 Tests that need Redis are skipped with a clear reason when ``redis-server`` is not on PATH, unless
-``WSHUB_REQUIRE_REDIS=1`` (CI): then they fail.
+``WSHUB_REQUIRE_REDIS=1`` or ``CI=true``: then they fail.
 
 ::
 
@@ -50,13 +50,14 @@ __all__ = [
 READY = "Ready to accept connections"
 
 
-def require_redis_server() -> str:
-    """The path of ``redis-server``; skips the test (or fails, with WSHUB_REQUIRE_REDIS=1)."""
-    path = shutil.which("redis-server")
+def require_redis_server(program: str = "redis-server") -> str:
+    """The path of ``redis-server`` (or ``redis-cli``); skips the test (or fails, with
+    WSHUB_REQUIRE_REDIS=1 or CI=true)."""
+    path = shutil.which(program)
     if path is None:
-        reason = "redis-server is not on PATH (install Redis >= 7 to run the Redis tests)"
-        if os.environ.get("WSHUB_REQUIRE_REDIS") == "1":
-            pytest.fail(reason + "; WSHUB_REQUIRE_REDIS=1 requires them", pytrace=False)
+        reason = f"{program} is not on PATH (install Redis >= 7 to run the Redis tests)"
+        if os.environ.get("WSHUB_REQUIRE_REDIS") == "1" or os.environ.get("CI") == "true":
+            pytest.fail(reason + "; WSHUB_REQUIRE_REDIS=1 / CI=true requires them", pytrace=False)
         pytest.skip(reason)
     return path
 
@@ -203,9 +204,11 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
 
 
 class RedisCluster:
-    """Three masters on free loopback ports in ``directory``, the slots spread over them."""
+    """Three masters on free loopback ports in ``directory``, the slots spread over them; with
+    ``replicas=1`` a replica for each (so a master can fail over)."""
 
-    def __init__(self, directory: Path, masters: int = 3) -> None:
+    def __init__(self, directory: Path, masters: int = 3, replicas: int = 0) -> None:
+        self.replicas = replicas
         self.nodes = [
             RedisServer(
                 directory / f"node{i}",
@@ -220,7 +223,7 @@ class RedisCluster:
                     str(free_port()),
                 ),
             )
-            for i in range(masters)
+            for i in range(masters * (1 + replicas))
         ]
 
     @property
@@ -231,12 +234,10 @@ class RedisCluster:
     def start(self) -> None:
         for node in self.nodes:
             node.start()
-        cli = shutil.which("redis-cli")
-        if cli is None:
-            raise RuntimeError("redis-cli is not on PATH (it creates the test cluster)")
+        cli = require_redis_server("redis-cli")  # it creates the cluster
         created = subprocess.run(
             [cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes)]
-            + ["--cluster-yes"],
+            + ["--cluster-replicas", str(self.replicas), "--cluster-yes"],
             capture_output=True,
             text=True,
             timeout=30,
@@ -258,7 +259,53 @@ class RedisCluster:
     def flush(self) -> None:
         for node in self.nodes:
             with node.client() as c:
-                c.flushall()
+                if c.info("replication")["role"] == "master":
+                    c.flushall()
+
+    def owner_of(self, slot: int) -> tuple[RedisServer, bytes]:
+        """The master that owns ``slot`` and its node id, as the first live node sees it."""
+        node = next(n for n in self.nodes if n.proc is not None)
+        with node.client() as c:
+            for start, end, (_, port, node_id, *_), *_ in c.execute_command("CLUSTER", "SLOTS"):
+                if start <= slot <= end:
+                    return next(n for n in self.nodes if n.port == int(port)), node_id
+        raise AssertionError(f"slot {slot} is not covered")
+
+    def move_slot(self, slot: int, to: RedisServer) -> None:
+        """Migrate ``slot`` with its keys to the master ``to`` (as ``redis-cli --cluster
+        reshard`` does)."""
+        source, from_id = self.owner_of(slot)
+        with source.client() as src, to.client() as dst:
+            to_id = dst.execute_command("CLUSTER", "MYID")
+            dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", from_id)
+            src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", to_id)
+            while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+                src.execute_command("MIGRATE", "127.0.0.1", to.port, "", 0, 5000, "KEYS", *keys)
+        for node in self.nodes:
+            with node.client() as c:
+                c.execute_command("CLUSTER", "SETSLOT", slot, "NODE", to_id)
+
+    def wait_until_served(self, slot: int, timeout: float = 20) -> int:
+        """Wait until a live master serves ``slot`` (after a failover); returns its port."""
+        found: list[int] = []
+
+        def served() -> bool:
+            for node in self.nodes:
+                if node.proc is None:
+                    continue
+                with node.client() as c:
+                    if "cluster_state:ok" not in c.execute_command("CLUSTER", "INFO").decode():
+                        return False
+                    for start, end, (_, port, *_), *_ in c.execute_command("CLUSTER", "SLOTS"):
+                        if start <= slot <= end:
+                            owner = next(n for n in self.nodes if n.port == int(port))
+                            if owner.proc is None:
+                                return False
+                            found[:] = [owner.port]
+            return bool(found)
+
+        wait_until(served, timeout, f"a live master serves slot {slot}")
+        return found[0]
 
     def stop(self) -> None:
         for node in self.nodes:
@@ -353,9 +400,10 @@ class RedisSentinel:
 
 
 @contextlib.contextmanager
-def redis_cluster(directory: Path) -> Iterator[RedisCluster]:
-    """A throwaway 3-master Redis Cluster, stopped afterwards (also when starting failed)."""
-    cluster = RedisCluster(directory)
+def redis_cluster(directory: Path, *, replicas: int = 0) -> Iterator[RedisCluster]:
+    """A throwaway 3-master Redis Cluster (``replicas`` per master), stopped afterwards (also
+    when starting failed)."""
+    cluster = RedisCluster(directory, replicas=replicas)
     try:
         cluster.start()
         yield cluster

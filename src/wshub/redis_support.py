@@ -19,6 +19,7 @@ import contextlib
 import logging
 import math
 import random
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
@@ -353,6 +354,7 @@ class Batcher:
         # many replicas acknowledged them (on the same connection, so WAIT covers them all).
         self.min_replicas = min_replicas
         self._wait_ms = max(1, int(replica_timeout * 1000))
+        self._slots_read = -math.inf  # when a cluster's slots were last read again
         self._queue: list[_Queued] = []
         self._flusher: asyncio.Task[None] | None = None
         self._closed = False
@@ -416,7 +418,26 @@ class Batcher:
             again = await self._pipeline([batch[i][0] for i in lost])
             for i, result in zip(lost, again, strict=True):
                 results[i] = result
+        down = False
+        for i, result in enumerate(results):  # a cluster pipeline: one shard may be down
+            if isinstance(result, REDIS_DOWN):
+                down = True
+                results[i] = BackendUnavailable(
+                    f"{self.where} is unavailable: {result or type(result).__name__}"
+                )
+        if down and isinstance(self.client, RedisCluster):
+            await self._refresh_slots(self.client)
         return results
+
+    async def _refresh_slots(self, client: RedisCluster) -> None:
+        """A shard did not answer: read the slots again (a replica may have taken over), at
+        most every 0.25 s. redis-py does so itself only for commands sent one by one."""
+        now = time.monotonic()
+        if now - self._slots_read < 0.25:
+            return
+        self._slots_read = now
+        with contextlib.suppress(*REDIS_DOWN):
+            await client.nodes_manager.initialize()
 
     async def _pipeline(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         async with self.client.pipeline(transaction=False) as pipe:
