@@ -420,7 +420,7 @@ class Batcher:
                 results[i] = result
         down = False
         for i, result in enumerate(results):  # a cluster pipeline: one shard may be down
-            if isinstance(result, REDIS_DOWN):
+            if isinstance(result, Exception) and isinstance(result, REDIS_DOWN):
                 down = True
                 results[i] = BackendUnavailable(
                     f"{self.where} is unavailable: {result or type(result).__name__}"
