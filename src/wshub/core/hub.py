@@ -170,6 +170,9 @@ class Hub:
         self._atomic = False
         # A broker that connects this node to no other: nothing to publish stream messages to.
         self._solo = bool(getattr(broker, "solo", False))
+        # What welcome announces: deflate only where the native transport negotiates it.
+        deflate = settings.compression == "deflate" and settings.transport == "native"
+        self._features = [*FEATURES, "deflate"] if deflate else list(FEATURES)
         # Every connection's token expiry, on one timer.
         self.deadlines = TokenDeadlines(
             window=settings.token_refresh_window,
@@ -613,9 +616,7 @@ class Hub:
                 "heartbeatInterval": self.settings.heartbeat_interval,
                 "serverTime": now_ms(),
                 "protocol": 1,
-                "features": [*FEATURES, "deflate"]
-                if self.settings.compression == "deflate"
-                else list(FEATURES),
+                "features": self._features,
             },
         )
         if principal is not None:
