@@ -71,6 +71,10 @@ OverflowPolicy = Literal["disconnect", "drop"]
 BROADCAST_TOPIC = "*"
 #: Hub-to-hub commands (a user disconnected or revoked), received by every node.
 CONTROL_TOPIC = "ctl"
+#: The handshake headers a session keeps (``Session.headers``), for the application's hooks.
+SESSION_HEADERS = frozenset(
+    {"origin", "user-agent", "cookie", "x-forwarded-for", "x-real-ip", "accept-language"}
+)
 #: Stored messages per page of a catch-up (see Hub._replay).
 REPLAY_PAGE = 200
 #: Features of protocol 1.1 this hub has, announced in ``welcome``.
@@ -593,6 +597,8 @@ class Hub:
     ) -> Session:
         """Register a newly accepted connection. Call :meth:`start_session` next."""
         conn_id = ConnectionId(f"{self.node_id}-{next(self._seq)}")
+        if headers:  # what hooks may look at; never a credential (authorization) or the rest
+            headers = {k: v for k, v in headers.items() if k in SESSION_HEADERS}
         session = Session(self, conn, id=conn_id, remote=remote, headers=headers)
         session.ip = ip
         if ip is not None:

@@ -99,6 +99,7 @@ class Session:
         "_auth_timer",
         "_bucket",
         "_drained",
+        "_log",
         "_replies",
         "_stored",
         "channels",
@@ -107,7 +108,6 @@ class Session:
         "hub",
         "id",
         "ip",
-        "log",
         "open",
         "principal",
         "remote",
@@ -140,9 +140,17 @@ class Session:
         self._auth_timer: asyncio.TimerHandle | None = None
         self._auth_failures = 0
         self.ip: str | None = None
-        self.log = _SessionLog(self)
+        self._log: _SessionLog | None = None  # made on first use: most connections log nothing
 
     # -- identity --------------------------------------------------------------------------
+
+    @property
+    def log(self) -> _SessionLog:
+        """This connection's logger: every line names the connection and the user."""
+        log = self._log
+        if log is None:
+            log = self._log = _SessionLog(self)
+        return log
 
     @property
     def user_id(self) -> UserId | None:

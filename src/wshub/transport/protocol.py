@@ -99,7 +99,27 @@ def register(hub: Hub, path: str | None = None) -> NativeServer:
 
 def protocol_for(hub: Hub) -> type[HubProtocol]:
     """A ``HubProtocol`` bound to one hub (what ``wshub serve`` passes to uvicorn as ``ws``)."""
-    return type("BoundHubProtocol", (HubProtocol,), {"hub": hub, "server": NativeServer(hub)})
+    return type(
+        "BoundHubProtocol",
+        (HubProtocol,),
+        {"__slots__": (), "hub": hub, "server": NativeServer(hub)},
+    )
+
+
+def _deflating(cls: type[HubProtocol]) -> type[HubProtocol]:
+    """``cls`` with ``send``/``send_batch`` that write the compressed forms: a connection that
+    negotiated permessage-deflate becomes one (so the plain path checks nothing per frame)."""
+    sub = HubProtocol._deflating_classes.get(cls)
+    if sub is None:
+        namespace = {
+            "__slots__": (),
+            "send": HubProtocol._send_deflate,
+            "send_batch": HubProtocol._send_batch_deflate,
+        }
+        sub = HubProtocol._deflating_classes[cls] = type(
+            f"{cls.__name__}Deflating", (cls,), namespace
+        )
+    return sub
 
 
 class HubProtocol(asyncio.Protocol):
@@ -108,6 +128,48 @@ class HubProtocol(asyncio.Protocol):
     #: The hub of a bound class (``protocol_for``), and what its connections share.
     hub: ClassVar[Hub | None] = None
     server: ClassVar[NativeServer | None] = None
+    #: Per class, its variant for connections that negotiated permessage-deflate (see
+    #: ``_deflating``): the same slots, ``send`` and ``send_batch`` compressing.
+    _deflating_classes: ClassVar[dict[type[HubProtocol], type[HubProtocol]]] = {}
+
+    # Slots: an idle connection is mostly this object (a __dict__ of ~35 entries cost more).
+    __slots__ = (
+        "__weakref__",
+        "_app_state",
+        "_backlog",
+        "_buf",
+        "_busy",
+        "_charged",
+        "_close_timer",
+        "_config",
+        "_deflate",
+        "_drain_waiters",
+        "_eof_sent",
+        "_fallback",
+        "_flush_scheduled",
+        "_fragment_count",
+        "_fragment_deflated",
+        "_fragment_opcode",
+        "_fragments",
+        "_handshake_ws",
+        "_hub",
+        "_loop",
+        "_max_bytes",
+        "_max_frames",
+        "_max_size",
+        "_min_size",
+        "_nowait",
+        "_out",
+        "_out_bytes",
+        "_paused",
+        "_reading_paused",
+        "_server",
+        "_server_state",
+        "_session",
+        "_state",
+        "awaiting_pong",
+        "transport",
+    )
 
     def __init__(
         self,
@@ -137,7 +199,7 @@ class HubProtocol(asyncio.Protocol):
         self._charged = 0  # the message in progress: its bytes + FRAGMENT_OVERHEAD a fragment
         self._busy: asyncio.Future[None] | None = None
         self._nowait: Callable[[str], Coroutine[Any, Any, None] | None] = _nothing
-        self._backlog: deque[str] = deque()
+        self._backlog: deque[str] | None = None  # made when a handler is busy
         self._reading_paused = False
         # outgoing: frames of this loop turn, joined on flush
         self._out: list[bytes] = []
@@ -148,7 +210,7 @@ class HubProtocol(asyncio.Protocol):
         self._max_frames = 0
         self._close_timer: asyncio.TimerHandle | None = None
         # (bytes, future): who waits for the pending bytes to drop to that (see drained)
-        self._drain_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._drain_waiters: list[tuple[int, asyncio.Future[None]]] | None = None
         self._eof_sent = False
         self.awaiting_pong = False
         # permessage-deflate: negotiated, and the size under which frames go uncompressed
@@ -269,6 +331,8 @@ class HubProtocol(asyncio.Protocol):
         if self._state != _OPEN or (not self._out and self.pending_bytes <= below):
             future.set_result(None)
         else:
+            if self._drain_waiters is None:
+                self._drain_waiters = []
             self._drain_waiters.append((below, future))
         return future
 
@@ -417,8 +481,7 @@ class HubProtocol(asyncio.Protocol):
         without compression does no extra work per frame."""
         self._deflate = True
         self._min_size = min_size
-        self.send = self._send_deflate  # type: ignore[method-assign]
-        self.send_batch = self._send_batch_deflate  # type: ignore[method-assign]
+        self.__class__ = _deflating(type(self))
 
     def _write_handshake_output(self, *, close: bool) -> None:
         ws, transport = self._handshake_ws, self.transport
@@ -593,8 +656,11 @@ class HubProtocol(asyncio.Protocol):
         except UnicodeDecodeError:
             raise ProtocolViolation(CloseCode.INVALID_DATA, "invalid UTF-8") from None
         if self._busy is not None:
-            self._backlog.append(text)
-            if len(self._backlog) >= MAX_BACKLOG and not self._reading_paused:
+            backlog = self._backlog
+            if backlog is None:
+                backlog = self._backlog = deque()
+            backlog.append(text)
+            if len(backlog) >= MAX_BACKLOG and not self._reading_paused:
                 assert self.transport is not None
                 self._reading_paused = True
                 self.transport.pause_reading()
