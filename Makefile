@@ -37,16 +37,16 @@ unit: $(VENV)/.dev
 
 test: lint unit
 
-# Side-by-side benchmarks against picows, Node ws, Starlette, python-socketio and the other peers of
-# shared/PERF-NOTES.md (~21 min;
-# BENCH_QUICK=1 for a ~2 min smoke run). Writes benchmarks/RESULTS.md.
+# Side-by-side benchmarks against Bun, Node ws, picows, Starlette, python-socketio and more peers
+# (~30 min; BENCH_QUICK=1 for a ~4 min smoke run). Writes benchmarks/RESULTS.md.
 bench: $(VENV)/.dev
 	$(MAKE) -C benchmarks bench
 
-# Every Autobahn|Testsuite case, including the slow 9.x limits/performance ones (~20 s).
-# make test runs cases 1-7, 10, 12, 13 already.
+# Every Autobahn|Testsuite case, including the slow 9.x limits/performance ones and every
+# compression case of 12.x/13.x (~5 min, two at a time). make test runs cases 1-7, 10 and a
+# sample of 12 and 13 already.
 conformance: $(VENV)/.dev
-	$(BIN)/python -m tests.conformance.run --cases '*'
+	$(BIN)/python -m tests.conformance.run --cases '*' --concurrency 2
 
 # Longer property-based fuzzing of the dispatcher and the HTTP API (a few minutes).
 fuzz: $(VENV)/.dev

@@ -21,7 +21,7 @@ import orjson
 from .core.hub import Hub
 from .core.outbox import Outbox
 from .core.session import Session
-from .errors import AuthFailed
+from .errors import AuthFailed, BackendUnavailable
 from .handshake import handshake_token, origin_allowed
 from .protocol import CloseCode, Frame, FrameBatch
 from .types import Principal
@@ -168,6 +168,10 @@ class WebSocketApp:
                 principal = await hub.verify_token(token)
             except AuthFailed as exc:
                 await _deny(scope, send, 401, exc.message)
+                return
+            except BackendUnavailable as exc:  # revocations unreadable, or not started
+                logger.warning("refusing a handshake: %s", exc)
+                await _deny(scope, send, 503, "service temporarily unavailable")
                 return
         client = scope.get("client")
         refused = await hub.admit(client[0] if client else None, principal)

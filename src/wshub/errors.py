@@ -14,6 +14,7 @@
      │    └── RateLimited         code ``rate_limited``
      ├── ConfigError              settings that cannot work, found at start-up
      └── BackendUnavailable       a store or broker cannot be reached right now
+          └── HubNotStarted       the hub was used before start (no lifespan, no ``async with``)
 
 A handler may raise any :class:`ProtocolError` to answer the client; anything else raised by a
 handler is logged with its traceback and the client gets ``internal_error`` without details.
@@ -27,6 +28,7 @@ __all__ = [
     "BackendUnavailable",
     "ConfigError",
     "Forbidden",
+    "HubNotStarted",
     "InvalidMessage",
     "MessageTooLarge",
     "NotAuthenticated",
@@ -96,3 +98,18 @@ class ConfigError(WshubError):
 
 class BackendUnavailable(WshubError):
     """A store or broker is unreachable; the HTTP API answers 503 with this message."""
+
+
+class HubNotStarted(BackendUnavailable):
+    """The hub was used before it was started: an app that mounts it must start it with its own
+    start-up (``FastAPI(lifespan=hub.lifespan)``, ``Starlette(lifespan=hub.lifespan)``, or
+    ``async with hub:`` inside an existing lifespan)."""
+
+    def __init__(self) -> None:
+        super().__init__(NOT_STARTED)
+
+
+NOT_STARTED = (
+    "hub not started: pass lifespan=hub.lifespan to FastAPI/Starlette, or use `async with hub` "
+    "in your own lifespan"
+)

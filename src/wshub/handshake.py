@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from urllib.parse import parse_qs
 
@@ -9,13 +10,20 @@ from .config import Settings
 
 __all__ = ["handshake_token", "origin_allowed"]
 
+logger = logging.getLogger("wshub.handshake")
+
 
 def origin_allowed(settings: Settings, headers: Mapping[str, str]) -> bool:
     """True unless ``WS_ALLOWED_ORIGINS`` is set and the ``Origin`` header is not in it."""
     origins = settings.allowed_origins
     if not origins or "*" in origins:
         return True
-    return headers.get("origin") in origins
+    origin = headers.get("origin")
+    if origin in origins:
+        return True
+    # Named (quoted: it comes from the client) so a misconfigured list is found from the log.
+    logger.info("refused a handshake from origin %r: not in WS_ALLOWED_ORIGINS", origin)
+    return False
 
 
 def handshake_token(query: bytes | str, headers: Mapping[str, str]) -> str | None:

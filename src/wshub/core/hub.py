@@ -22,9 +22,11 @@ from pydantic import BaseModel
 
 from ..config import Settings
 from ..errors import (
+    NOT_STARTED,
     AuthFailed,
     BackendUnavailable,
     Forbidden,
+    HubNotStarted,
     InvalidMessage,
     MessageTooLarge,
     RateLimited,
@@ -155,6 +157,7 @@ class Hub:
         self._message_ids = itertools.count(1)
         self._started = False
         self._stopping = False
+        self._warned_not_started = False
         # Set whenever no connection is open; drain() and tests await it.
         self._idle = asyncio.Event()
         self._idle.set()
@@ -573,6 +576,11 @@ class Hub:
     async def admit(self, ip: str | None, principal: Principal | None) -> tuple[int, str] | None:
         """Whether a handshake may become a connection: ``None``, or the HTTP status and reason
         to refuse it with (shutting down, too many connections from the address or user)."""
+        if not self._started:
+            if not self._warned_not_started:
+                self._warned_not_started = True
+                logger.warning("refusing connections: %s", NOT_STARTED)
+            return 503, NOT_STARTED
         if not self.accepting:
             return 503, "server is shutting down"
         settings = self.settings
@@ -1091,6 +1099,8 @@ class Hub:
     def _append(self, key: StreamKey, body: bytes, retention: Retention, done: _Done) -> None:
         """Queue ``body`` for ``key``'s stream in the next group commit. Once durable it is
         delivered here (in offset order), published to the other nodes, and ``done`` is told."""
+        if not self._started:
+            raise HubNotStarted()
         topic = key.topic
 
         def committed(pos: StreamPosition | None, exc: BaseException | None) -> None:

@@ -39,7 +39,7 @@ from websockets.server import ServerProtocol
 
 from ..core.hub import Hub
 from ..core.session import Session
-from ..errors import AuthFailed
+from ..errors import AuthFailed, BackendUnavailable
 from ..framing import OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, RSV1, close_frame, frame
 from ..handshake import handshake_token, origin_allowed
 from ..protocol import CloseCode, Frame, FrameBatch
@@ -437,6 +437,9 @@ class HubProtocol(asyncio.Protocol):
                     principal = await hub.verify_token(token)
                 except AuthFailed as exc:
                     status, reason = 401, exc.message
+                except BackendUnavailable as exc:  # revocations unreadable, or not started
+                    logger.warning("refusing a handshake: %s", exc)
+                    status, reason = 503, "service temporarily unavailable"
             if not status:
                 refused = await hub.admit(peer[0] if peer else None, principal)
                 if refused is not None:

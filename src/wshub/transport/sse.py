@@ -454,6 +454,10 @@ class SSEApp:
             except AuthFailed as exc:
                 await _respond(send, 401, exc.message, cors)
                 return
+            except BackendUnavailable as exc:  # revocations unreadable, or not started
+                logger.warning("refusing an SSE stream: %s", exc)
+                await _respond(send, 503, "service temporarily unavailable", cors)
+                return
         params = parse_qs(query.decode("latin-1")) if query else {}
         # Last-Event-ID (an EventSource reconnecting) wins over ?since=.
         raw_since = headers.get("last-event-id") or (params.get("since") or [""])[0]
