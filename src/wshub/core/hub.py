@@ -1102,6 +1102,11 @@ class Hub:
         if not self._started:
             raise HubNotStarted()
         topic = key.topic
+        # Who tells the other nodes: the store in the same step, or this node after the commit
+        # (a revocation is bookkeeping: nobody listens to it).
+        published = key.kind is not StreamKind.REVOCATION and not self._solo
+        by_store = published and self._atomic
+        after_commit = published and not self._atomic
 
         def committed(pos: StreamPosition | None, exc: BaseException | None) -> None:
             if pos is None:
@@ -1110,15 +1115,11 @@ class Hub:
                 return
             frame = Frame(key.frame_data(body, pos.offset))
             self.table.committed(topic, pos.offset, frame)
-            if not self._atomic and not self._solo and key.kind is not StreamKind.REVOCATION:
+            if after_commit:
                 self._spawn(self.broker.publish(topic, pack(pos.offset, body)))
             done(pos, None, frame)
 
-        published = key.kind is not StreamKind.REVOCATION  # bookkeeping: nobody listens
-        self.commits.append(
-            Append(topic, body, retention, topic if self._atomic and published else None),
-            committed,
-        )
+        self.commits.append(Append(topic, body, retention, topic if by_store else None), committed)
 
     async def _append_now(
         self, key: StreamKey, body: bytes, retention: Retention
