@@ -55,8 +55,6 @@ CREATE INDEX IF NOT EXISTS messages_expires ON messages (expires) WHERE expires 
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 """
 
-#: Moves a cursor forward, never past its stream's top: (offset, stream, offset, offset).
-_ADVANCE = "UPDATE streams SET cursor = ? WHERE name = ? AND cursor < ? AND top >= ?"
 
 _Op = Callable[[sqlite3.Connection], Any]
 #: (future, value, exception): how one operation ended, settled on the event loop.
@@ -236,15 +234,14 @@ class SQLiteStore:
                     [*names, *(v for trim in chunk for v in trim)],
                 )
             for chunk in _chunks(list(moves.items()), _ROWS):
-                # forward only, never past the top
+                # forward only; past the top it is no move (as the other stores do)
                 names = [stream for stream, _ in chunk]
+                wanted = "CASE name" + " WHEN ? THEN ?" * len(chunk) + " END"
                 db.execute(
-                    "UPDATE streams SET cursor = max(cursor, min(top, CASE name"
-                    + " WHEN ? THEN ?" * len(chunk)
-                    + " END)) WHERE name IN ("
-                    + ",".join("?" * len(chunk))
-                    + ")",
-                    [*(v for move in chunk for v in move), *names],
+                    f"UPDATE streams SET cursor = CASE WHEN {wanted} > cursor"
+                    f" AND {wanted} <= top THEN {wanted} ELSE cursor END"
+                    " WHERE name IN (" + ",".join("?" * len(chunk)) + ")",
+                    [*([v for move in chunk for v in move] * 3), *names],
                 )
             return results
 
@@ -291,11 +288,8 @@ class SQLiteStore:
         return result
 
     async def advance_cursor(self, stream: str, offset: int) -> None:
-        await self._submit(lambda db: self._advance(db, stream, offset))
-
-    @staticmethod
-    def _advance(db: sqlite3.Connection, stream: str, offset: int) -> None:
-        db.execute(_ADVANCE, (offset, stream, offset, offset))
+        """The group's cursor statement, for one stream (one rule: forward, never past top)."""
+        await self.append_batch([], {stream: offset})
 
     async def healthy(self) -> bool:
         """The writer thread runs and answers a trivial query."""
